@@ -1,0 +1,216 @@
+"""Behaviour of `uv run train.py > run.log 2>&1`: real (tiny, few-second) training runs in a subprocess."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import make_repo, run_train, summary_of
+
+SEED_KEYS = ["fitness_key", "fitness", "training_seconds", "total_seconds", "peak_vram_mb",
+             "precision", "recall", "map50", "map50_95", "epoch"]
+SIX_DECIMALS = r"\d+\.\d{6}"
+ONE_DECIMAL = r"\d+\.\d"
+FORMATS = {"fitness": SIX_DECIMALS, "training_seconds": ONE_DECIMAL, "total_seconds": ONE_DECIMAL,
+           "peak_vram_mb": ONE_DECIMAL, "precision": SIX_DECIMALS, "recall": SIX_DECIMALS,
+           "map50": SIX_DECIMALS, "map50_95": SIX_DECIMALS, "epoch": r"\d+"}
+
+# Any attempt to resolve or connect to a host is recorded and refused (sitecustomize runs first).
+NO_NETWORK = '''
+import os, socket
+def _refuse(*args, **kwargs):
+    with open(os.environ["NETWORK_LOG"], "a") as f:
+        f.write(repr(args[:2]) + "\\n")
+    raise OSError("network disabled by the test")
+socket.getaddrinfo = _refuse
+socket.socket.connect = lambda self, *a: _refuse(*a)
+'''
+
+
+def seed_grep(log):
+    """The seed program.md's exact command: grep "^fitness:\\|^peak_vram_mb:" run.log"""
+    return [line for line in log.splitlines() if line.startswith(("fitness:", "peak_vram_mb:"))]
+
+
+@pytest.fixture(scope="module")
+def default_run(tiny_data, tmp_path_factory):
+    """One real run of train.py (few-second budget, tiny images) with the network cut off."""
+    tmp = tmp_path_factory.mktemp("default")
+    repo = make_repo(tmp)
+    (tmp / "offline").mkdir()
+    (tmp / "offline" / "sitecustomize.py").write_text(NO_NETWORK)
+    env = {"PYTHONPATH": str(tmp / "offline"), "NETWORK_LOG": str(tmp / "network.log")}
+    (repo / "run" / "stale").mkdir(parents=True)  # left over by an earlier run
+    rc, log = run_train(repo, tiny_data / "data.yaml", env=env)
+    return repo, rc, log, tmp / "network.log"
+
+
+def test_run_ends_with_the_seed_summary(default_run):
+    repo, rc, log, _ = default_run
+    assert rc == 0, log[-3000:]
+    summary = summary_of(log)
+    assert list(summary)[:10] == SEED_KEYS
+    for key, pattern in FORMATS.items():
+        assert re.fullmatch(pattern, summary[key]), f"{key}: {summary[key]}"
+    assert summary["fitness_key"] == "metrics/mAP50-95(B)"
+    assert summary["fitness"] == summary["map50_95"]
+    assert log.rstrip().splitlines()[-1].startswith("run_dir:")  # the summary is the last thing printed
+
+
+def test_seed_grep_finds_fitness_and_memory(default_run):
+    _, _, log, _ = default_run
+    lines = seed_grep(log)
+    assert [line.split(":")[0] for line in lines] == ["fitness", "peak_vram_mb"]
+
+
+def test_summary_extras_say_what_ran(default_run):
+    _, _, log, _ = default_run
+    summary = summary_of(log)
+    assert summary["time_budget_s"] == "3"  # a shortened budget is always visible
+    assert summary["data"] == "YOLO_DATA"
+    assert summary["device"] == "cpu"
+    assert summary["weights"].startswith("yolo11n.yaml (from scratch")
+    assert float(summary["train_images_per_s"]) > 0
+    assert 2.5 < float(summary["training_seconds"]) < 60
+    assert float(summary["total_seconds"]) > float(summary["training_seconds"])
+
+
+def test_cpu_and_missing_weights_are_announced_loudly(default_run):
+    _, _, log, _ = default_run
+    assert "WARNING: no CUDA GPU found" in log
+    assert "WARNING: yolo11n.pt not found in weights/" in log
+
+
+def test_run_touches_no_network(default_run):
+    _, rc, _, network_log = default_run
+    assert rc == 0
+    assert not network_log.exists(), network_log.read_text()
+
+
+def test_run_folder_is_emptied_and_keeps_latest_results(default_run):
+    repo, _, _, _ = default_run
+    run_dir = repo / "run"
+    assert not (run_dir / "stale").exists()
+    assert (run_dir / "weights" / "last.pt").is_file()
+    assert (run_dir / "results.csv").is_file()
+    assert sorted(p.name for p in repo.iterdir()) == ["prepare.py", "run", "run.log", "train.py"]
+
+
+def test_second_run_reuses_the_run_folder(default_run, tiny_data):
+    repo, _, _, _ = default_run
+    first = (repo / "run" / "results.csv").read_text().splitlines()
+    rc, log = run_train(repo, tiny_data / "data.yaml")
+    assert rc == 0, log[-3000:]
+    rows = (repo / "run" / "results.csv").read_text().splitlines()
+    assert rows[0] == first[0]
+    assert len(rows) - 1 == int(summary_of(log)["epoch"])  # this run's epochs only, nothing appended
+
+
+def test_log_has_no_progress_bar_flood(default_run):
+    _, _, log, _ = default_run
+    assert "\r" not in log
+    assert len(log.splitlines()) < 200
+
+
+@pytest.mark.parametrize("call_extra, says", [
+    ("conf=0.5", "conf=0.5"),
+    ("iou=0.3", "iou=0.3"),
+    ("max_det=5", "max_det=5"),
+    ("split='test'", "split='test'"),
+    ("fraction=[1.0, 0.5]", "fraction"),
+])
+def test_guard_rejects_changed_evaluation(tiny_data, tmp_path, call_extra, says):
+    repo = make_repo(tmp_path, call_extra=call_extra)
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert rc != 0
+    last = log.rstrip().splitlines()[-1]
+    assert last.startswith("error: train.py changed what gets evaluated") and says in last
+    assert not seed_grep(log) or not any(line.startswith("fitness:") for line in seed_grep(log))
+
+
+def test_guard_rejects_another_time_budget(tiny_data, tmp_path):
+    repo = make_repo(tmp_path)
+    train = repo / "train.py"
+    train.write_text(train.read_text().replace("time=TIME_BUDGET / 3600", "time=2 / 3600"))
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert rc != 0
+    assert re.search(r"^error: .*time=0\.000555", log.splitlines()[-1])
+    assert "fitness:" not in log
+
+
+def test_guard_rejects_another_dataset(tiny_data, dataset, tmp_path):
+    repo = make_repo(tmp_path)
+    train = repo / "train.py"
+    train.write_text(train.read_text().replace("data=run.data", f"data='{dataset / 'data.yaml'}'"))
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert rc != 0
+    assert log.splitlines()[-1].startswith("error: train.py changed what gets evaluated: data=")
+    assert "fitness:" not in log
+
+
+def test_guard_rejects_a_run_with_nothing_validated(tiny_data, tmp_path):
+    repo = make_repo(tmp_path, after_train="model.trainer.metrics = {}")
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert rc != 0
+    assert log.splitlines()[-1].startswith("error: nothing was validated")
+    assert "fitness:" not in log
+
+
+def test_val_false_still_reports_an_honest_final_validation(tiny_data, tmp_path):
+    # Ultralytics validates the last epoch and best.pt even with val=False: the metric stays honest.
+    repo = make_repo(tmp_path, call_extra="val=False")
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert rc == 0, log[-3000:]
+    assert "Validating" in log and summary_of(log)["fitness"]
+
+
+def test_crash_ends_with_one_error_line(tiny_data, tmp_path):
+    repo = make_repo(tmp_path, knobs={"OPTIMIZER": "'NoSuchOptimizer'"})
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert rc != 0
+    assert "Traceback" in log  # the details stay in the log for the agent
+    last = log.rstrip().splitlines()[-1]
+    assert last.startswith("error: ") and "NoSuchOptimizer" in last
+    assert not any(line.startswith("fitness:") for line in log.splitlines())
+
+
+def test_bad_dataset_fails_before_training_and_keeps_the_last_run(default_run, tmp_path):
+    repo, _, _, _ = default_run
+    before = sorted(p.name for p in (repo / "run").iterdir())
+    rc, log = run_train(repo, tmp_path / "nowhere.yaml")
+    assert rc != 0
+    assert log.strip().splitlines() == [f"error: YOLO_DATA={tmp_path / 'nowhere.yaml'}: no such file; "
+                                        "point it at a dataset YAML or unset it"]
+    assert sorted(p.name for p in (repo / "run").iterdir()) == before
+
+
+def test_sigterm_ends_with_an_error_line_and_next_run_works(tiny_data, tmp_path):
+    repo = make_repo(tmp_path)
+    env = {**__import__("os").environ, "AUTORESEARCH_TIME_BUDGET": "60", "YOLO_DATA": str(tiny_data / "data.yaml")}
+    log_path = repo / "run.log"
+    with open(log_path, "w") as f:
+        proc = subprocess.Popen([sys.executable, "train.py"], cwd=repo, env=env, stdout=f, stderr=subprocess.STDOUT)
+        for _ in range(600):
+            if "Starting training" in log_path.read_text() or proc.poll() is not None:
+                break
+            __import__("time").sleep(0.1)
+        proc.terminate()  # what `timeout 600 uv run train.py` sends
+        rc = proc.wait(timeout=60)
+    log = log_path.read_text()
+    assert rc != 0
+    assert log.rstrip().splitlines()[-1].startswith("error: interrupted")
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert rc == 0, log[-3000:]
+
+
+def test_fresh_clone_without_data_trains_on_the_stand_in(tmp_path):
+    repo = make_repo(tmp_path)
+    (repo / "ships-aerial-images").mkdir()
+    (repo / "ships-aerial-images" / "README.md").write_text("put the dataset here\n")
+    rc, log = run_train(repo, env={"AUTORESEARCH_CACHE": str(tmp_path / "cache")})
+    assert rc == 0, log[-3000:]
+    assert "training on the SYNTHETIC stand-in" in log.split("Starting training")[0]
+    assert summary_of(log)["data"] == "synthetic"
+    assert [p.name for p in (repo / "ships-aerial-images").iterdir()] == ["README.md"]
+    assert (tmp_path / "cache" / "synthetic-small-seed0" / "data.yaml").is_file()
