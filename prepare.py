@@ -35,6 +35,7 @@ import yaml
 # Constants (fixed, do not modify)
 # ---------------------------------------------------------------------------
 
+T0 = time.time()                     # total_seconds counts from here: train.py imports prepare first
 TIME_BUDGET = 300                    # seconds of training per experiment (Ultralytics' own clock)
 FITNESS_KEY = "metrics/mAP50-95(B)"  # the one number the agent maximizes
 REPO_DIR = Path(__file__).resolve().parent
@@ -334,7 +335,10 @@ def check_dataset(yaml_path):
     memo = CACHE_DIR / "checks" / (key + ".json")
     if memo.is_file():
         cached = json.loads(memo.read_text())
+        for w in cached.pop("warnings"):
+            warn(w)
         return {**stats, **{k: (Path(v[0]), v[1], v[2]) for k, v in cached.items()}}
+    warnings = []
     for split, folder in splits.items():
         images, labels = split_files(folder)
         if not images:
@@ -353,10 +357,13 @@ def check_dataset(yaml_path):
             raise HarnessError(f"{problems[0]} ({len(problems)} of {len(images)} {split} files broken); "
                                "fix or delete the broken files")
         if problems:
-            warn(f"{len(problems)} broken file(s) in {split}, Ultralytics will skip them; first: {problems[0]}")
+            warnings.append(f"{len(problems)} broken file(s) in {split}, Ultralytics will skip them; "
+                            f"first: {problems[0]}")
+            warn(warnings[-1])
         stats[split] = (folder, len(images), boxes)
     memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(json.dumps({k: (str(v[0]), v[1], v[2]) for k, v in stats.items() if k in splits}))
+    memo.write_text(json.dumps({"warnings": warnings,
+                                **{k: (str(v[0]), v[1], v[2]) for k, v in stats.items() if k in splits}}))
     return stats
 
 
@@ -986,15 +993,21 @@ def peak_vram_mb(device):
 # ---------------------------------------------------------------------------
 
 
+@dataclass
 class Run:
     """What train.py needs from the harness, and what the summary reports."""
-
-    def __init__(self, data, kind, device, device_name, weights, weights_note, t0):
-        self.data, self.kind, self.device, self.device_name = data, kind, device, device_name
-        self.weights, self.weights_note, self.t0 = weights, weights_note, t0
-        self.project, self.name = str(RUN_DIR.parent), RUN_DIR.name
-        self.trained_images = 0
-        self.training_seconds = None
+    data: str                  # the dataset YAML training uses: source, resolved, in the run folder
+    source: Path               # the dataset YAML as found
+    kind: str                  # real, YOLO_DATA or synthetic
+    splits: dict               # train and val image folders: the guard checks training used these
+    device: object             # 0 or "cpu", as Ultralytics takes it
+    device_name: str
+    weights: str               # what YOLO() loads
+    weights_note: str          # how the summary describes it
+    project: str = str(RUN_DIR.parent)
+    name: str = RUN_DIR.name
+    trained_images: int = 0
+    training_seconds: float = 0.0
 
 
 _RUN = None
@@ -1003,7 +1016,6 @@ _RUN = None
 def start(model):
     """Check everything before any GPU time is spent; return the Run for train.py's call."""
     global _RUN
-    t0 = time.time()
     yaml_path, kind = find_dataset()
     if kind == "synthetic":
         banner(f"no dataset in {DEFAULT_DATA.parent}/ and no YOLO_DATA: training on the SYNTHETIC "
@@ -1017,8 +1029,8 @@ def start(model):
     device, device_name = pick_device()
     weights, weights_note = resolve_weights(model)
     print(f"time budget: {TIME_BUDGET:g} s | device: {device_name} | weights: {weights_note}")
-    _RUN = Run(str(data), kind, device, device_name, weights, weights_note, t0)
-    _RUN.expected = {s: str(stats[s][0]) for s in ("train", "val")}
+    splits = {s: str(stats[s][0]) for s in ("train", "val")}
+    _RUN = Run(str(data), yaml_path, kind, splits, device, device_name, weights, weights_note)
     _hook_trainer_clock()
     return _RUN
 
@@ -1055,7 +1067,7 @@ def guard(trainer, run):
     changed = []
     if str(Path(str(args.data)).resolve()) != str(Path(run.data).resolve()):
         changed.append(f"data={args.data} (must be run.data)")
-    elif trainer.data.get("val") != run.expected["val"] or trainer.data.get("train") != run.expected["train"]:
+    elif any(trainer.data.get(split) != folder for split, folder in run.splits.items()):
         changed.append(f"the dataset YAML {run.data} (its splits were rewritten)")
     if not args.time or abs(args.time * 3600 - TIME_BUDGET) > 1e-6:
         changed.append(f"time={args.time} (must be TIME_BUDGET / 3600 = {TIME_BUDGET / 3600:g})")
@@ -1080,12 +1092,12 @@ def finish(model):
     fitness = float(m[FITNESS_KEY])
     if not math.isfinite(fitness):
         raise HarnessError(f"{FITNESS_KEY} is {fitness}: the training diverged (NaN); lower lr0 or use amp=False")
-    training_seconds = run.training_seconds or 0.0
+    training_seconds = run.training_seconds
     summary = {
         "fitness_key": FITNESS_KEY,
         "fitness": f"{fitness:.6f}",
         "training_seconds": f"{training_seconds:.1f}",
-        "total_seconds": f"{time.time() - run.t0:.1f}",
+        "total_seconds": f"{time.time() - T0:.1f}",
         "peak_vram_mb": f"{peak_vram_mb(run.device):.1f}",
         "precision": f"{float(m['metrics/precision(B)']):.6f}",
         "recall": f"{float(m['metrics/recall(B)']):.6f}",
@@ -1095,7 +1107,7 @@ def finish(model):
         "time_budget_s": f"{TIME_BUDGET:g}",
         "train_images_per_s": f"{run.trained_images / max(training_seconds, 1e-9):.1f}",
         "data": run.kind,
-        "dataset": str(run.data),
+        "dataset": str(run.source),
         "weights": run.weights_note,
         "device": run.device_name,
         "run_dir": str(RUN_DIR),

@@ -214,3 +214,21 @@ def test_fresh_clone_without_data_trains_on_the_stand_in(tmp_path):
     assert summary_of(log)["data"] == "synthetic"
     assert [p.name for p in (repo / "ships-aerial-images").iterdir()] == ["README.md"]
     assert (tmp_path / "cache" / "synthetic-small-seed0" / "data.yaml").is_file()
+
+
+def test_out_of_memory_names_batch_and_imgsz_and_what_to_lower(tiny_data, tmp_path):
+    import torch
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    from prepare import describe_failure
+    trainer = DetectionTrainer(overrides={"data": str(tiny_data / "data.yaml"), "model": "yolo11n.yaml",
+                                          "imgsz": 96, "batch": 48, "device": "cpu",
+                                          "project": str(tmp_path), "name": "oom"})
+
+    def optimizer_step(self):  # where a real CUDA OOM is raised: inside a trainer method
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(torch.OutOfMemoryError) as e:
+        optimizer_step(trainer)
+    assert describe_failure(e.value, e.tb) == ("CUDA out of memory at batch=48 imgsz=96; "
+                                               "lower BATCH or IMGSZ (or pick a smaller MODEL) in train.py")
