@@ -12,6 +12,7 @@ failures to a one-line `error:`; start() checks the dataset before any GPU time 
 finish() validates the honesty of the run and prints the summary that program.md greps.
 """
 
+import errno
 import hashlib
 import json
 import math
@@ -22,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -59,6 +61,9 @@ PLOT_DPI = 120
 # Tests shorten the budget; nothing may lengthen it, and the summary always shows it.
 if "AUTORESEARCH_TIME_BUDGET" in os.environ:
     TIME_BUDGET = min(TIME_BUDGET, float(os.environ["AUTORESEARCH_TIME_BUDGET"]))
+# A run still going this long after its checks (570 s for the 300 s budget) is stopped by the harness
+# itself, before the agent's 10-minute kill: set-up and the final validation get plenty of slack.
+OVERRUN_LIMIT = 1.8 * TIME_BUDGET + 30
 
 # Evaluation settings that train.py must leave at Ultralytics' defaults (the honest-metric guard).
 EVAL_ARGS = ("split", "conf", "iou", "max_det", "classes", "agnostic_nms", "augment", "single_cls")
@@ -89,9 +94,12 @@ def banner(msg):
     print(f"{line}\nWARNING: {msg}\n{line}")
 
 
-def _offline_ultralytics():
-    """Finish the offline setup once Ultralytics is importable: font, settings, progress bars."""
+def _configure_ultralytics():
+    """Once Ultralytics is importable: finish the offline setup, keep the dataset read-only, and keep
+    run.log short."""
     import matplotlib
+    import ultralytics.data.dataset as dataset_mod
+    import ultralytics.data.utils as data_utils
     import ultralytics.engine.trainer as trainer_mod
     import ultralytics.utils.tqdm as tqdm_mod
     from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
@@ -100,13 +108,42 @@ def _offline_ultralytics():
     font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
     for name in ("Arial.ttf", "Arial.Unicode.ttf"):
         if not (USER_CONFIG_DIR / name).exists():
-            shutil.copyfile(font, USER_CONFIG_DIR / name)
+            write_atomic(USER_CONFIG_DIR / name, font.read_bytes())
+    # Ultralytics writes labels.cache next to the labels: keep it in our cache, the dataset read-only.
+    dataset_mod.load_dataset_cache_file = lambda path, load=dataset_mod.load_dataset_cache_file: load(
+        labels_cache(path))
+    dataset_mod.save_dataset_cache_file = _save_labels_cache
+    # Ultralytics "restores" a truncated JPEG by rewriting it in place; it decodes as it is, so leave it.
+    data_utils._replace_image = lambda im_file, write: None
     if SETTINGS.get("sync"):
         SETTINGS.update({"sync": False})
     # The AMP self-test loads yolo26n.pt from the internet; AMP is well supported on CUDA GPUs.
     trainer_mod.check_amp = lambda model: True
     # Progress bars redraw with '\r' ten times a second; in a log file print one line a minute.
     tqdm_mod.is_noninteractive_console = lambda: not sys.stdout.isatty()
+
+
+def write_atomic(path, data):
+    """Write a file that another process may be reading (two agents share the cache): never half-written."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def labels_cache(path):
+    """Where the label cache Ultralytics wants at `path` (inside the dataset) lives instead."""
+    digest = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:16]
+    return CACHE_DIR / "labels" / f"{Path(path).parent.name}-{Path(path).stem}-{digest}.cache"
+
+
+def _save_labels_cache(prefix, path, x, version):
+    from ultralytics.data.utils import save_dataset_cache_file
+    target = labels_cache(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    save_dataset_cache_file(prefix, tmp, x, version)
+    if tmp.exists():
+        os.replace(tmp, target)
 
 
 # ---------------------------------------------------------------------------
@@ -131,6 +168,9 @@ def describe_failure(exc, tb=None):
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted (SIGINT or SIGTERM) before the run finished; the next run starts clean"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (f"disk full ({exc.filename or 'while writing'}): free space on the disk that holds "
+                f"{RUN_DIR} and {CACHE_DIR}, then run again")
     if "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
         trainer = _find_trainer(tb)
         where = f" at batch={trainer.args.batch} imgsz={trainer.args.imgsz}" if trainer else ""
@@ -295,6 +335,11 @@ def check_image_file(path):
             w, h = im.size
         if w < 10 or h < 10:
             return f"{path}: image {w}x{h} is smaller than 10 px"
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            with open(path, "rb") as f:
+                f.seek(-2, os.SEEK_END)
+                if f.read() != b"\xff\xd9":
+                    return f"{path}: truncated JPEG (no end marker)"
     except Exception as e:  # PIL raises many types for broken files
         return f"{path}: unreadable image ({type(e).__name__})"
     return None
@@ -362,8 +407,8 @@ def check_dataset(yaml_path):
             warn(warnings[-1])
         stats[split] = (folder, len(images), boxes)
     memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(json.dumps({"warnings": warnings,
-                                **{k: (str(v[0]), v[1], v[2]) for k, v in stats.items() if k in splits}}))
+    write_atomic(memo, json.dumps({"warnings": warnings,
+                                  **{k: (str(v[0]), v[1], v[2]) for k, v in stats.items() if k in splits}}).encode())
     return stats
 
 
@@ -1025,19 +1070,20 @@ def start(model):
     shutil.rmtree(RUN_DIR, ignore_errors=True)  # one run folder, reused: disk use stays flat
     RUN_DIR.mkdir(parents=True)
     data = write_run_yaml(stats)
-    _offline_ultralytics()
+    _configure_ultralytics()
     device, device_name = pick_device()
     weights, weights_note = resolve_weights(model)
     print(f"time budget: {TIME_BUDGET:g} s | device: {device_name} | weights: {weights_note}")
     splits = {s: str(stats[s][0]) for s in ("train", "val")}
     _RUN = Run(str(data), yaml_path, kind, splits, device, device_name, weights, weights_note)
-    _hook_trainer_clock()
+    _hook_trainer()
+    threading.Thread(target=_watchdog, daemon=True).start()
     return _RUN
 
 
-def _hook_trainer_clock():
-    """Measure the trainer from the inside: the training clock stops where its final validation
-    starts, and every training batch counts its images."""
+def _hook_trainer():
+    """Watch the trainer from the inside: the training clock stops where its final validation
+    starts, every training batch counts its images, and a NaN loss ends the run at once."""
     from ultralytics.engine.trainer import BaseTrainer
     from ultralytics.utils.callbacks import base
     if getattr(BaseTrainer, "_autoresearch_hooked", False):
@@ -1049,13 +1095,26 @@ def _hook_trainer_clock():
             _RUN.training_seconds = time.time() - self.train_time_start
         return original(self)
 
-    def count_batch(trainer):
+    def after_batch(trainer):
         if _RUN is not None:
             _RUN.trained_images += trainer.batch_size  # the last batch of an epoch may be smaller
+        if trainer.loss is not None and not bool(trainer.loss.isfinite()):  # stop early, as karpathy's does
+            raise HarnessError(f"loss is {float(trainer.loss)} in epoch {trainer.epoch + 1}: the training "
+                               "diverged; lower LR0, or try AMP = False")
 
     BaseTrainer.final_eval = final_eval
-    base.default_callbacks["on_train_batch_end"].append(count_batch)
+    base.default_callbacks["on_train_batch_end"].append(after_batch)
     BaseTrainer._autoresearch_hooked = True
+
+
+def _watchdog():
+    """Stop a run that overran its budget (a hung dataloader, a stuck validation) from the inside."""
+    time.sleep(OVERRUN_LIMIT)
+    print(f"error: the run overran: still going {OVERRUN_LIMIT:.0f} s after its checks (time budget "
+          f"{TIME_BUDGET:g} s); stopped by the harness. Look at the end of the log for what hung", flush=True)
+    for child in multiprocessing.active_children():  # dataloader workers
+        child.kill()
+    os._exit(3)
 
 
 def guard(trainer, run):

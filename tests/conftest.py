@@ -41,10 +41,10 @@ def dataset(tiny_data, tmp_path):
     return Path(shutil.copytree(tiny_data, tmp_path / "ships-aerial-images"))
 
 
-def make_repo(tmp_path, knobs=None, call_extra="", after_train=""):
-    """A copy of prepare.py and train.py in tmp_path/repo, with knobs replaced, extra arguments added
-    to model.train(...), and optional lines inserted before prepare.finish(model)."""
-    repo = tmp_path / "repo"
+def make_repo(tmp_path, knobs=None, call_extra="", before_train="", after_train="", name="repo"):
+    """A copy of prepare.py and train.py in tmp_path/<name>, with knobs replaced, extra arguments added
+    to model.train(...), and optional lines inserted before model.train(...) or prepare.finish(model)."""
+    repo = tmp_path / name
     repo.mkdir(exist_ok=True)
     shutil.copy(REPO / "prepare.py", repo / "prepare.py")
     text = (REPO / "train.py").read_text()
@@ -53,6 +53,8 @@ def make_repo(tmp_path, knobs=None, call_extra="", after_train=""):
         assert n == 1, f"knob {name} not found in train.py"
     if call_extra:
         text = text.replace("seed=SEED,", f"seed=SEED, {call_extra},")
+    if before_train:
+        text = text.replace("model = YOLO(run.weights)\n", f"model = YOLO(run.weights)\n{before_train}\n")
     if after_train:
         text = text.replace("prepare.finish(model)", f"{after_train}\nprepare.finish(model)")
     (repo / "train.py").write_text(text)

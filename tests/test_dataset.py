@@ -164,3 +164,16 @@ def test_local_weights_are_used_and_missing_ones_fall_back_to_scratch(tmp_path, 
     YOLO("yolo11n.yaml").save(tmp_path / "yolo11n.pt")
     assert resolve_weights("yolo11n.pt") == ("yolo11n.pt", "yolo11n.pt (pretrained)")
     assert resolve_weights("yolo11s.yaml") == ("yolo11s.yaml", "yolo11s.yaml (from scratch)")
+
+
+def test_truncated_jpeg_is_named(dataset):
+    image = sorted((dataset / "valid" / "images").iterdir())[0]
+    image.write_bytes(image.read_bytes()[:-100])
+    expect_error(dataset / "data.yaml", image, "truncated JPEG")
+
+
+def test_unreadable_label_file_is_named(dataset):
+    label = first_label(dataset)
+    label.unlink()
+    label.mkdir()  # a folder where the file should be: unreadable even for root
+    expect_error(dataset / "data.yaml", label, "unreadable")
