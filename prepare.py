@@ -46,7 +46,7 @@ RUN_DIR = REPO_DIR / "run"           # one run folder, emptied at the start of e
 WEIGHTS_DIR = REPO_DIR / "weights"   # local pretrained weights (*.pt)
 CACHE_DIR = Path(os.environ.get("AUTORESEARCH_CACHE", "~/.cache/autoresearch-ships")).expanduser()
 SYNTH_SEED = 0                       # the stand-in dataset is a pure function of this seed
-MAX_BAD_LABEL_SHARE = 0.01           # above this share of broken label files the run refuses to start
+MAX_BAD_SHARE = 0.01                 # above this share of broken files in a split the run refuses to start
 IMG_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 # results.tsv and progress.png (`uv run prepare.py progress`)
 RESULTS_COLUMNS = ["commit", "metric", "memory_gb", "status", "description"]
@@ -76,7 +76,6 @@ os.environ["YOLO_OFFLINE"] = "1"        # no DNS probes, telemetry, update check
 os.environ["YOLO_AUTOINSTALL"] = "0"    # never pip-install a "missing" requirement mid-run
 os.environ["YOLO_CONFIG_DIR"] = str(CACHE_DIR / "ultralytics")  # settings and fonts live with us
 os.environ.setdefault("MPLCONFIGDIR", str(CACHE_DIR / "matplotlib"))
-os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
 if hasattr(sys.stdout, "reconfigure"):
     sys.stdout.reconfigure(line_buffering=True)  # run.log reads in order, and live, when stdout is a file
 
@@ -398,7 +397,7 @@ def check_dataset(yaml_path):
             problem = problem or check_image_file(im)
             if problem:
                 problems.append(problem)
-        if len(problems) > MAX_BAD_LABEL_SHARE * len(images):
+        if len(problems) > MAX_BAD_SHARE * len(images):
             raise HarnessError(f"{problems[0]} ({len(problems)} of {len(images)} {split} files broken); "
                                "fix or delete the broken files")
         if problems:
@@ -1086,25 +1085,20 @@ def _hook_trainer():
     starts, every training batch counts its images, and a NaN loss ends the run at once."""
     from ultralytics.engine.trainer import BaseTrainer
     from ultralytics.utils.callbacks import base
-    if getattr(BaseTrainer, "_autoresearch_hooked", False):
-        return
     original = BaseTrainer.final_eval
 
     def final_eval(self):
-        if _RUN is not None:
-            _RUN.training_seconds = time.time() - self.train_time_start
+        _RUN.training_seconds = time.time() - self.train_time_start
         return original(self)
 
     def after_batch(trainer):
-        if _RUN is not None:
-            _RUN.trained_images += trainer.batch_size  # the last batch of an epoch may be smaller
+        _RUN.trained_images += trainer.batch_size  # the last batch of an epoch may be smaller
         if trainer.loss is not None and not bool(trainer.loss.isfinite()):  # stop early, as karpathy's does
             raise HarnessError(f"loss is {float(trainer.loss)} in epoch {trainer.epoch + 1}: the training "
                                "diverged; lower LR0, or try AMP = False")
 
     BaseTrainer.final_eval = final_eval
     base.default_callbacks["on_train_batch_end"].append(after_batch)
-    BaseTrainer._autoresearch_hooked = True
 
 
 def _watchdog():
@@ -1137,8 +1131,8 @@ def guard(trainer, run):
     if changed:
         raise HarnessError("train.py changed what gets evaluated: " + "; ".join(changed) + "; put it back")
     if not trainer.metrics or FITNESS_KEY not in trainer.metrics:
-        raise HarnessError("nothing was validated (val=False or the run stopped before its final "
-                           "validation); no metric to report")
+        raise HarnessError("nothing was validated: the run ended without a final validation, "
+                           "so there is no metric to report")
 
 
 def finish(model):
@@ -1150,7 +1144,7 @@ def finish(model):
     m = trainer.metrics
     fitness = float(m[FITNESS_KEY])
     if not math.isfinite(fitness):
-        raise HarnessError(f"{FITNESS_KEY} is {fitness}: the training diverged (NaN); lower lr0 or use amp=False")
+        raise HarnessError(f"{FITNESS_KEY} is {fitness}: the training diverged; lower LR0, or try AMP = False")
     training_seconds = run.training_seconds
     summary = {
         "fitness_key": FITNESS_KEY,
