@@ -401,8 +401,8 @@ def check_dataset(yaml_path):
             raise HarnessError(f"{problems[0]} ({len(problems)} of {len(images)} {split} files broken); "
                                "fix or delete the broken files")
         if problems:
-            warnings.append(f"{len(problems)} broken file(s) in {split}, Ultralytics will skip them; "
-                            f"first: {problems[0]}")
+            warnings.append(f"{len(problems)} broken file(s) in {split}, under {MAX_BAD_SHARE:.0%}: training "
+                            f"goes on (Ultralytics skips what it cannot read); first: {problems[0]}")
             warn(warnings[-1])
         stats[split] = (folder, len(images), boxes)
     memo.parent.mkdir(parents=True, exist_ok=True)
