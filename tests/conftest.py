@@ -77,3 +77,18 @@ def summary_of(log):
     """The key: value lines after the last '---' line."""
     tail = log.rsplit("\n---\n", 1)[1]
     return dict(line.split(": ", 1) for line in tail.strip().splitlines())
+
+
+def seed_grep(log):
+    """The seed program.md's exact command: grep "^fitness:\\|^peak_vram_mb:" run.log"""
+    return [line for line in log.splitlines() if line.startswith(("fitness:", "peak_vram_mb:"))]
+
+
+def assert_failed(rc, log, prefix):
+    """A failure as the agent's loop sees it: non-zero exit, an empty seed grep, and the log's
+    last line an `error:` line starting with prefix. Returns that line."""
+    assert rc != 0
+    assert seed_grep(log) == []
+    last = log.rstrip().splitlines()[-1]
+    assert last.startswith(prefix), last
+    return last

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from conftest import make_repo, run_train, summary_of
+from conftest import assert_failed, make_repo, run_train, summary_of
 from prepare import check_dataset
 
 
@@ -28,16 +28,14 @@ def git(repo, *args):
 def test_nan_loss_stops_the_run_at_once(tiny_data, tmp_path):
     repo = make_repo(tmp_path, call_extra="box=float('nan')")
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=30)
-    assert rc != 0
-    assert log.rstrip().splitlines()[-1].startswith("error: loss is nan in epoch 1: the training diverged")
-    assert "fitness:" not in log
+    assert_failed(rc, log, "error: loss is nan in epoch 1: the training diverged")
 
 
 def test_a_run_that_overruns_is_stopped_by_the_harness(tiny_data, tmp_path):
     repo = make_repo(tmp_path, after_train="import time; time.sleep(600)")  # a hang after training
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1, timeout=300)  # stopped at 1.8 * 1 + 30 s
+    assert_failed(rc, log, "error: the run overran: still going 32 s after its checks")
     assert rc == 3
-    assert log.rstrip().splitlines()[-1].startswith("error: the run overran: still going 32 s after its checks")
 
 
 def test_disk_full_while_saving_a_checkpoint(tiny_data, tmp_path):
@@ -45,9 +43,7 @@ def test_disk_full_while_saving_a_checkpoint(tiny_data, tmp_path):
     repo = make_repo(tmp_path, before_train=(
         "model.add_callback('on_train_start', lambda t: (t.wdir / 'last.pt').symlink_to('/dev/full'))"))
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
-    assert rc != 0
-    assert log.rstrip().splitlines()[-1].startswith("error: disk full (while writing): free space on the disk")
-    assert "fitness:" not in log
+    assert_failed(rc, log, "error: disk full (while writing): free space on the disk")
 
 
 def test_a_night_of_runs_loses_nothing_and_keeps_disk_use_flat(dataset, tmp_path):
