@@ -137,6 +137,14 @@ def test_guard_rejects_another_dataset(tiny_data, dataset, tmp_path):
     assert_failed(rc, log, "error: train.py changed what gets evaluated: data=")
 
 
+def test_guard_rejects_a_rewritten_dataset_yaml(tiny_data, tmp_path):
+    swap = ("import yaml; d = yaml.safe_load(open(run.data)); d['val'] = d['train']; "
+            "yaml.safe_dump(d, open(run.data, 'w'))")  # validate on the training images
+    repo = make_repo(tmp_path, before_train=swap)
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert "its splits were rewritten" in assert_failed(rc, log, "error: train.py changed what gets evaluated: ")
+
+
 def test_guard_rejects_a_run_with_nothing_validated(tiny_data, tmp_path):
     repo = make_repo(tmp_path, after_train="model.trainer.metrics = {}")
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
