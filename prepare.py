@@ -124,6 +124,7 @@ def _configure_ultralytics():
 
 def write_atomic(path, data):
     """Write a file that another process may be reading (two agents share the cache): never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -344,11 +345,16 @@ def check_image_file(path):
     return None
 
 
+def label_folder(img_dir):
+    """The labels folder that goes with a split's images folder (images -> labels)."""
+    return Path(str(img_dir).replace(f"{os.sep}images", f"{os.sep}labels"))
+
+
 def _fingerprint(yaml_path, split_dirs):
     """Cheap identity of a dataset: names, sizes and mtimes of every file, plus the YAML."""
     h = hashlib.sha1(yaml_path.read_bytes())
     for d in split_dirs:
-        for top in (d, Path(str(d).replace(f"{os.sep}images", f"{os.sep}labels"))):
+        for top in (d, label_folder(d)):
             for dirpath, _, files in sorted(os.walk(top)):
                 for f in sorted(files):
                     st = os.stat(os.path.join(dirpath, f))
@@ -388,8 +394,7 @@ def check_dataset(yaml_path):
         if not images:
             raise HarnessError(f"{folder}: no images in the {split} split; put the split's images there")
         if labels[0] is None or not labels[0].parent.is_dir():
-            raise HarnessError(f"{folder}: no labels folder for the {split} split; expected "
-                               f"{Path(str(folder).replace(os.sep + 'images', os.sep + 'labels'))}")
+            raise HarnessError(f"{folder}: no labels folder for the {split} split; expected {label_folder(folder)}")
         boxes, problems = 0, []
         for im, lb in zip(images, labels):
             n, problem = check_label_file(lb, nc)
@@ -405,7 +410,6 @@ def check_dataset(yaml_path):
                             f"goes on (Ultralytics skips what it cannot read); first: {problems[0]}")
             warn(warnings[-1])
         stats[split] = (folder, len(images), boxes)
-    memo.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(memo, json.dumps({"warnings": warnings,
                                   **{k: (str(v[0]), v[1], v[2]) for k, v in stats.items() if k in splits}}).encode())
     return stats
