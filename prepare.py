@@ -13,6 +13,7 @@ finish() validates the honesty of the run and prints the summary that program.md
 """
 
 import errno
+import functools
 import hashlib
 import json
 import math
@@ -1079,30 +1080,46 @@ def start(model):
     print(f"time budget: {TIME_BUDGET:g} s | device: {device_name} | weights: {weights_note}")
     splits = {s: str(stats[s][0]) for s in ("train", "val")}
     _RUN = Run(str(data), yaml_path, kind, splits, device, device_name, weights, weights_note)
-    _hook_trainer()
     threading.Thread(target=_watchdog, daemon=True).start()
     return _RUN
 
 
-def _hook_trainer():
-    """Watch the trainer from the inside: the training clock stops where its final validation
-    starts, every training batch counts its images, and a NaN loss ends the run at once."""
-    from ultralytics.engine.trainer import BaseTrainer
-    from ultralytics.utils.callbacks import base
-    original = BaseTrainer.final_eval
+def __getattr__(name):
+    """prepare.Trainer is built on first use, so Ultralytics is imported only after the offline setup
+    (and `prepare.py check` or the stand-in's worker processes never import it)."""
+    if name == "Trainer":
+        return _trainer_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    def final_eval(self):
-        _RUN.training_seconds = time.time() - self.train_time_start
-        return original(self)
 
-    def after_batch(trainer):
-        _RUN.trained_images += trainer.batch_size  # the last batch of an epoch may be smaller
-        if trainer.loss is not None and not bool(trainer.loss.isfinite()):  # stop early, as karpathy's does
-            raise HarnessError(f"loss is {float(trainer.loss)} in epoch {trainer.epoch + 1}: the training "
-                               "diverged; lower LR0, or try AMP = False")
+@functools.cache
+def _trainer_class():
+    _configure_ultralytics()
+    from ultralytics.models.yolo.detect import DetectionTrainer
 
-    BaseTrainer.final_eval = final_eval
-    base.default_callbacks["on_train_batch_end"].append(after_batch)
+    class Trainer(DetectionTrainer):
+        """Ultralytics' detection trainer with the harness inside: the training clock stops where its
+        final validation starts, every batch counts its images, and a NaN loss ends the run at once.
+        Under DDP each worker process rebuilds this class by importing prepare, so all of it reaches them."""
+
+        def preprocess_batch(self, batch):
+            if _RUN is not None:
+                _RUN.trained_images += len(batch["img"])  # the last batch of an epoch may be smaller
+            return super().preprocess_batch(batch)
+
+        def optimizer_step(self):
+            if not bool(self.loss.isfinite()):  # stop early, as karpathy's does
+                raise HarnessError(f"loss is {float(self.loss)} in epoch {self.epoch + 1}: the training "
+                                   "diverged; lower LR0, or try AMP = False")
+            super().optimizer_step()
+
+        def final_eval(self):
+            if _RUN is not None:
+                _RUN.training_seconds = time.time() - self.train_time_start
+            return super().final_eval()
+
+    Trainer.__module__, Trainer.__qualname__ = __name__, "Trainer"  # pickled by reference under DDP
+    return Trainer
 
 
 def _watchdog():
@@ -1144,6 +1161,9 @@ def finish(model):
     run, trainer = _RUN, getattr(model, "trainer", None)
     if run is None or trainer is None:
         raise HarnessError("train.py must call prepare.start() and then model.train() before prepare.finish()")
+    if not isinstance(trainer, _trainer_class()):
+        raise HarnessError("train.py must pass trainer=prepare.Trainer to model.train(): it carries the "
+                           "harness's clock and checks; put it back")
     guard(trainer, run)
     m = trainer.metrics
     fitness = float(m[FITNESS_KEY])

@@ -51,7 +51,7 @@ SEED = 0
 run = prepare.start(MODEL)  # checks the dataset and picks device and weights before any GPU time
 model = YOLO(run.weights)
 model.train(
-    data=run.data, time=TIME_BUDGET / 3600, device=run.device,
+    trainer=prepare.Trainer, data=run.data, time=TIME_BUDGET / 3600, device=run.device,
     project=run.project, name=run.name, exist_ok=True,
     imgsz=IMGSZ, batch=BATCH, nbs=NBS, optimizer=OPTIMIZER, lr0=LR0, lrf=LRF, momentum=MOMENTUM,
     weight_decay=WEIGHT_DECAY, warmup_epochs=WARMUP_EPOCHS, cos_lr=COS_LR, close_mosaic=CLOSE_MOSAIC,
