@@ -26,7 +26,8 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from copy import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -973,6 +974,299 @@ def save_sample_mosaic(data_yaml, out_path, n: int = 12, seed: int = 0, tile: in
     return Path(out_path)
 
 # ---------------------------------------------------------------------------
+# GPU data pipeline: decode once, keep the images on the GPU, augment whole batches there
+# ---------------------------------------------------------------------------
+# Ultralytics' CPU workers (decode, mosaic, affine, HSV and flips, one image at a time) feed about a
+# third of what the model step takes on an H100. Here the training images are decoded once per run,
+# before the clock starts, and kept as uint8 on the GPU (in pinned host memory when they don't fit).
+# Each batch is then drawn in two halves. The CPU draws every random choice with Ultralytics' own
+# formulas and moves the boxes in numpy (a few hundred rows). The GPU does the pixels: one grid_sample
+# does mosaic, affine and flips together, then mixup and HSV. Nothing waits for the GPU, and validation
+# stays Ultralytics' own.
+
+PAD = 114                    # Ultralytics' grey for letterbox padding and warp borders
+GPU_SHARE = 0.5              # decoded images go on the GPU while they take at most this share of its free memory
+DECODE_THREADS = min(16, os.cpu_count() or 1)  # cv2 releases the GIL: threads decode in parallel
+GPU_DATA_ENV = "AUTORESEARCH_GPU_DATA"         # how train.py's GPU_DATA reaches DDP workers
+# Ultralytics knobs the GPU path does not implement, with the only value it accepts.
+GPU_UNSUPPORTED = {"copy_paste": 0.0, "cutmix": 0.0, "bgr": 0.0, "rect": False}
+
+
+def check_gpu_data_args(args):
+    """Refuse knobs the GPU pipeline would otherwise ignore: say so at start-up, not never."""
+    bad = [f"{k}={getattr(args, k)!r}" for k, ok in GPU_UNSUPPORTED.items() if getattr(args, k) != ok]
+    if bad:
+        raise HarnessError(f"{', '.join(bad)} is not supported by the GPU data pipeline; set GPU_DATA = False "
+                           "in train.py to use Ultralytics' CPU dataloader for it")
+    if args.cache:
+        warn(f"cache={args.cache!r} has no effect with GPU_DATA = True: the training images are decoded once anyway")
+
+
+def load_resized(path, imgsz):
+    """One image as Ultralytics' training loader reads it: BGR, long side resized to imgsz."""
+    from ultralytics.utils.patches import imread
+    im = imread(str(path))
+    if im is None:
+        raise HarnessError(f"cannot read image {path}; remove it (with its label file) from the dataset")
+    h0, w0 = im.shape[:2]
+    r = imgsz / max(h0, w0)
+    if r != 1:
+        size = (min(math.ceil(w0 * r), imgsz), min(math.ceil(h0 * r), imgsz))
+        im = cv2.resize(im, size, interpolation=cv2.INTER_LINEAR)
+    return im
+
+
+def decode_images(files, imgsz, device, chunk=256):
+    """All training images, each at the top-left of an imgsz x imgsz grey tile: (uint8 tensor [N, S, S, 3]
+    on the GPU if it fits, else in pinned host memory; numpy array [N, 2] of each image's (h, w))."""
+    import torch
+    n, s = len(files), imgsz
+    cuda = device.type == "cuda"
+    on_gpu = cuda and n * s * s * 3 < GPU_SHARE * torch.cuda.mem_get_info(device)[0]
+    images = torch.empty((n, s, s, 3), dtype=torch.uint8, device=device if on_gpu else "cpu",
+                         pin_memory=cuda and not on_gpu)
+    staging = torch.empty((min(chunk, n), s, s, 3), dtype=torch.uint8, pin_memory=cuda) if on_gpu else None
+    sizes = np.zeros((n, 2), np.int64)
+
+    def decode(i, out):
+        im = load_resized(files[i], s)
+        sizes[i] = im.shape[:2]
+        out.fill(PAD)
+        out[:im.shape[0], :im.shape[1]] = im
+
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            host = staging[:b - a] if on_gpu else images[a:b]
+            list(pool.map(decode, range(a, b), host.numpy()))
+            if on_gpu:
+                images[a:b].copy_(host)
+    return images, sizes
+
+
+def pack_labels(labels):
+    """Every box of the dataset in one array of rows (cls, x, y, w, h), normalized to its image, with where
+    each image's rows start and how many it has."""
+    counts = np.array([len(lb["cls"]) for lb in labels], np.int64)
+    rows = [np.hstack([lb["cls"].reshape(-1, 1), lb["bboxes"].reshape(-1, 4)]) for lb in labels]
+    boxes = np.concatenate(rows).astype(np.float32) if counts.sum() else np.zeros((0, 5), np.float32)
+    return boxes, np.cumsum(counts) - counts, counts
+
+
+def affine_matrices(rng, n, sizes, imgsz, hyp):
+    """Ultralytics' RandomPerspective matrices M = T @ S @ R @ P @ C for n canvases of the given (w, h);
+    also each one's scale, for its box filter."""
+    def uniform(a, b=None):
+        return rng.uniform(-a, a, n) if b is None else rng.uniform(a, b, n)
+    m = np.tile(np.eye(3), (n, 1, 1))
+    c, p, r, sh, t = m.copy(), m.copy(), m.copy(), m.copy(), m.copy()
+    c[:, 0, 2], c[:, 1, 2] = -sizes[:, 0] / 2, -sizes[:, 1] / 2
+    p[:, 2, 0], p[:, 2, 1] = uniform(hyp.perspective), uniform(hyp.perspective)
+    angle = np.radians(uniform(hyp.degrees))
+    lo, hi = hyp.scale if isinstance(hyp.scale, (tuple, list)) else (1 - hyp.scale, 1 + hyp.scale)
+    scale = uniform(lo, hi)
+    cos, sin = scale * np.cos(angle), scale * np.sin(angle)  # cv2.getRotationMatrix2D about the origin
+    r[:, 0, 0], r[:, 0, 1], r[:, 1, 0], r[:, 1, 1] = cos, sin, -sin, cos
+    sh[:, 0, 1], sh[:, 1, 0] = np.tan(np.radians(uniform(hyp.shear))), np.tan(np.radians(uniform(hyp.shear)))
+    t[:, 0, 2] = uniform(0.5 - hyp.translate, 0.5 + hyp.translate) * imgsz
+    t[:, 1, 2] = uniform(0.5 - hyp.translate, 0.5 + hyp.translate) * imgsz
+    return t @ sh @ r @ p @ c, scale
+
+
+def warp_boxes(xyxy, m):
+    """Ultralytics' box transform: the four corners through M, then their enclosing box."""
+    corners = xyxy[:, [0, 1, 2, 3, 0, 3, 2, 1]].reshape(-1, 4, 2)
+    pts = np.concatenate([corners, np.ones_like(corners[..., :1])], -1) @ m.transpose(0, 2, 1)
+    pts = pts[..., :2] / pts[..., 2:]
+    return np.concatenate([pts.min(1), pts.max(1)], 1)
+
+
+class GpuDataset:
+    """The training set as the GPU pipeline sees it: decoded images, packed boxes, the augmentation
+    hyperparameters (Ultralytics' names and meanings), and Ultralytics' dataset for its labels."""
+
+    def __init__(self, dataset, hyp, device):
+        t = time.time()
+        self.dataset, self.labels, self.device = dataset, dataset.labels, device
+        self.imgsz = dataset.imgsz
+        self.hyp = hyp
+        self.images, self.sizes = decode_images(dataset.im_files, self.imgsz, device)
+        self.boxes, self.start, self.count = pack_labels(self.labels)
+        where = "GPU" if self.images.device.type == "cuda" else "host memory"
+        print(f"GPU data: {len(self)} training images decoded in {time.time() - t:.1f} s, "
+              f"{self.images.numel() / 2**30:.1f} GB in {where}")
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def close_mosaic(self, hyp):
+        """Ultralytics' close_mosaic: the last epochs train on plain images."""
+        self.hyp.mosaic = self.hyp.mixup = 0.0
+
+    def plan(self, idx, rng):
+        """The CPU half of a batch: every random choice, and the boxes moved to their final place."""
+        hyp, s, b = self.hyp, self.imgsz, len(idx)
+        mosaic = rng.uniform(0, 1, b) <= hyp.mosaic  # Ultralytics skips a mix when uniform > p
+        tiles = rng.integers(0, len(self), (b, 4))
+        tiles[:, 0] = idx
+        hw = self.sizes[tiles]                         # (h, w) of each tile
+        # Mosaic layout (Ultralytics' Mosaic, n=4): tiles meet at a random centre of a 2S x 2S canvas.
+        xc = rng.uniform(s // 2, 2 * s - s // 2, b).astype(np.int64)
+        yc = rng.uniform(s // 2, 2 * s - s // 2, b).astype(np.int64)
+        ox = np.stack([xc - hw[:, 0, 1], xc, xc - hw[:, 2, 1], xc], 1)
+        oy = np.stack([yc - hw[:, 0, 0], yc - hw[:, 1, 0], yc, yc], 1)
+        big = 4 * s  # a plain image: tile 0 alone, at the origin, and every pixel in its quadrant
+        ox[~mosaic], oy[~mosaic] = 0, 0
+        xc[~mosaic], yc[~mosaic] = big, big
+        canvas = np.where(mosaic[:, None], 2 * s, hw[:, 0, ::-1]).astype(np.float64)  # (w, h)
+        m, scale = affine_matrices(rng, b, canvas, s, hyp)
+        flip_ud, flip_lr = rng.uniform(0, 1, b) < hyp.flipud, rng.uniform(0, 1, b) < hyp.fliplr
+        mix = rng.uniform(0, 1, b) <= hyp.mixup
+        ratio = rng.beta(32.0, 32.0, b)
+        partner = (np.arange(b) + rng.integers(1, max(b, 2), b)) % b  # another image of this batch
+        r = rng.uniform(-1, 1, (b, 3)) * [hyp.hsv_h, hyp.hsv_s, hyp.hsv_v] + [0, 1, 1]  # hue shift, gains
+
+        # Flips act on the warped image: fold them into M (pixels span 0..S-1, boxes 0..S).
+        flip_px, flip_box = np.tile(np.eye(3), (b, 1, 1)), np.tile(np.eye(3), (b, 1, 1))
+        for f, axis in ((flip_lr, 0), (flip_ud, 1)):
+            flip_px[f, axis, axis], flip_px[f, axis, 2] = -1, s - 1
+            flip_box[f, axis, axis], flip_box[f, axis, 2] = -1, s
+        minv = np.linalg.inv(flip_px @ m)  # the GPU samples backwards: output pixel -> canvas
+
+        # Boxes of the tiles in use, in canvas pixels.
+        use = np.zeros((b, 4), bool)
+        use[:, 0], use[mosaic, 1:] = True, True
+        sample, k = np.nonzero(use)
+        n = self.count[tiles[sample, k]]
+        rows = np.repeat(self.start[tiles[sample, k]], n) + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+        sample, k = np.repeat(sample, n), np.repeat(k, n)
+        cls, xywh = self.boxes[rows, :1], self.boxes[rows, 1:].astype(np.float64)
+        wh = hw[sample, k, ::-1]
+        xyxy = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1) * np.tile(wh, 2)
+        xyxy += np.stack([ox[sample, k], oy[sample, k]] * 2, 1)
+        in_mosaic = mosaic[sample]
+        xyxy[in_mosaic] = xyxy[in_mosaic].clip(0, 2 * s)  # Mosaic clips to its canvas, drops empty boxes
+        keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+        sample, cls, before = sample[keep], cls[keep], xyxy[keep]
+        after = warp_boxes(before, flip_box[sample] @ m[sample]).clip(0, s)
+        # Ultralytics' box_candidates: big enough, not mostly cut off, not a sliver.
+        w1, h1 = (before[:, 2] - before[:, 0]) * scale[sample], (before[:, 3] - before[:, 1]) * scale[sample]
+        w2, h2 = after[:, 2] - after[:, 0], after[:, 3] - after[:, 1]
+        ar = np.maximum(w2 / (h2 + 1e-16), h2 / (w2 + 1e-16))
+        keep = (w2 > 2) & (h2 > 2) & (w2 * h2 / (w1 * h1 + 1e-16) > 0.1) & (ar < 100)
+        sample, cls, after = sample[keep], cls[keep], after[keep]
+        # MixUp: a blended image carries its partner's boxes too.
+        extra = np.nonzero(mix[:, None] & (partner[:, None] == sample[None]))
+        sample = np.concatenate([sample, extra[0]])
+        cls, after = np.concatenate([cls, cls[extra[1]]]), np.concatenate([after, after[extra[1]]])
+        xywhn = np.concatenate([(after[:, :2] + after[:, 2:]) / 2, after[:, 2:] - after[:, :2]], 1) / s
+        order = np.argsort(sample, kind="stable")
+        params = np.concatenate([minv.reshape(b, 9), xc[:, None], yc[:, None], ox, oy, mix[:, None],
+                                 ratio[:, None], partner[:, None], r], 1).astype(np.float32)
+        return dict(tiles=tiles, params=params, batch_idx=sample[order], cls=cls[order], bboxes=xywhn[order])
+
+    def render(self, tiles, params):
+        """The GPU half of a batch: [B, 3, S, S] float RGB images in 0..255, as Ultralytics' pipeline
+        would draw them for these choices."""
+        import torch
+        import torch.nn.functional as F
+        s, b, dev = self.imgsz, len(tiles), self.device
+        minv, xc, yc = params[:, :9].view(b, 3, 3), params[:, 9:10], params[:, 10:11]
+        ox, oy, mix, ratio = params[:, 11:15], params[:, 15:19], params[:, 19] > 0, params[:, 20]
+        partner, gains = params[:, 21].long(), params[:, 22:25]
+        # Where each output pixel comes from on the canvas, then from which tile.
+        ys, xs = torch.meshgrid(torch.arange(s, device=dev), torch.arange(s, device=dev), indexing="ij")
+        pix = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3).float()
+        src = pix @ minv.transpose(1, 2)
+        u, v = src[..., 0] / src[..., 2], src[..., 1] / src[..., 2]
+        q = (u >= xc).long() + 2 * (v >= yc).long()
+        tu, tv = u - ox.gather(1, q), v - oy.gather(1, q)
+        grid = torch.stack([tu * (2 / (s - 1)) - 1, tv * (2 / (s - 1)) - 1, q * (2 / 3) - 1], -1)
+        tiles_gpu = self.images[tiles.to(self.images.device).view(-1)].to(dev, non_blocking=True)
+        tiles_rgb = tiles_gpu.view(b, 4, s, s, 3).permute(0, 4, 1, 2, 3).flip(1).float() - PAD
+        img = F.grid_sample(tiles_rgb, grid.view(b, 1, s, s, 3), mode="bilinear", padding_mode="zeros",
+                            align_corners=True).squeeze(2) + PAD
+        on_canvas = (u >= 0) & (u <= 2 * s - 1) & (v >= 0) & (v <= 2 * s - 1)
+        img = torch.where(on_canvas.view(b, 1, s, s), img, torch.full_like(img, PAD))
+        r = ratio.view(b, 1, 1, 1)
+        img = torch.where(mix.view(b, 1, 1, 1), img * r + img[partner] * (1 - r), img)
+        return hsv_jitter(img, gains)
+
+
+def hsv_jitter(img, gains):
+    """Ultralytics' RandomHSV on float RGB in 0..255: hue shifted by gains[:, 0] of a turn, saturation
+    and value multiplied by gains[:, 1] and gains[:, 2] (clipped)."""
+    import torch
+    mx, mn = img.max(1).values, img.min(1).values
+    d = mx - mn
+    r, g, b = img.unbind(1)
+    safe = torch.where(d > 0, d, torch.ones_like(d))
+    hue = torch.where(mx == r, ((g - b) / safe) % 6, torch.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = torch.where(d > 0, hue / 6, torch.zeros_like(hue))
+    sat = torch.where(mx > 0, d / torch.where(mx > 0, mx, torch.ones_like(mx)), torch.zeros_like(mx))
+    hue = (hue + gains[:, 0, None, None]) % 1
+    sat = (sat * gains[:, 1, None, None]).clamp(0, 1)
+    val = (mx * gains[:, 2, None, None]).clamp(0, 255)
+    h6 = hue * 6
+    out = [val - val * sat * torch.clamp(torch.minimum((n + h6) % 6, 4 - (n + h6) % 6), 0, 1) for n in (5, 3, 1)]
+    return torch.stack(out, 1)
+
+
+class EpochShard:
+    """What Ultralytics' trainer reads off a DataLoader's sampler: images per epoch, and set_epoch()."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self):
+        return self.loader.samples
+
+    def set_epoch(self, epoch):
+        self.loader.epoch = epoch
+
+
+class GpuLoader:
+    """Stands in for Ultralytics' training DataLoader (the parts its trainer uses): an epoch is a seeded
+    shuffle, split across DDP ranks like DistributedSampler, cut into batches augmented on the GPU."""
+    num_workers = 0
+    drop_last = False
+
+    def __init__(self, data, batch_size, seed, rank=-1, world_size=1):
+        self.dataset, self.batch_size, self.seed = data, batch_size, seed
+        self.rank, self.world_size = max(rank, 0), max(world_size, 1)
+        self.epoch = 0
+        self.sampler = EpochShard(self)
+        self.rng = np.random.default_rng(seed + 1 + self.rank)
+
+    def __len__(self):  # batches per epoch
+        return math.ceil(self.samples / self.batch_size)
+
+    @property
+    def samples(self):  # images per epoch for this rank
+        return math.ceil(len(self.dataset) / self.world_size)
+
+    def reset(self):
+        pass
+
+    def __iter__(self):
+        import torch
+        order = np.random.default_rng(self.seed + self.epoch).permutation(len(self.dataset))
+        order = np.resize(order, self.samples * self.world_size)[self.rank::self.world_size]  # pad like DDP
+        self.epoch += 1
+        data, dev = self.dataset, self.dataset.device
+        for a in range(0, len(order), self.batch_size):
+            idx = order[a:a + self.batch_size]
+            p = data.plan(idx, self.rng)
+
+            def to_dev(x, dtype):
+                t = torch.as_tensor(x, dtype=dtype)
+                return t.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else t
+            img = data.render(to_dev(p["tiles"], torch.long), to_dev(p["params"], torch.float32))
+            yield {"img": img, "batch_idx": to_dev(p["batch_idx"], torch.float32),
+                   "cls": to_dev(p["cls"], torch.float32), "bboxes": to_dev(p["bboxes"], torch.float32),
+                   "im_file": [data.dataset.im_files[i] for i in idx]}
+
+# ---------------------------------------------------------------------------
 # Weights and device
 # ---------------------------------------------------------------------------
 
@@ -1062,9 +1356,11 @@ class Run:
 _RUN = None
 
 
-def start(model):
-    """Check everything before any GPU time is spent; return the Run for train.py's call."""
+def start(model, gpu_data=True):
+    """Check everything before any GPU time is spent; return the Run for train.py's call.
+    gpu_data: train from images decoded once and augmented on the GPU (else Ultralytics' CPU workers)."""
     global _RUN
+    os.environ[GPU_DATA_ENV] = "1" if gpu_data else "0"  # an environment variable reaches DDP workers too
     yaml_path, kind = find_dataset()
     if kind == "synthetic":
         banner(f"no dataset in {DEFAULT_DATA.parent}/ and no YOLO_DATA: training on the SYNTHETIC "
@@ -1101,6 +1397,17 @@ def _trainer_class():
         """Ultralytics' detection trainer with the harness inside: the training clock stops where its
         final validation starts, every batch counts its images, and a NaN loss ends the run at once.
         Under DDP each worker process rebuilds this class by importing prepare, so all of it reaches them."""
+
+        def get_dataloader(self, dataset_path, batch_size=16, rank=0, mode="train"):
+            if mode != "train" or os.environ.get(GPU_DATA_ENV) != "1":
+                return super().get_dataloader(dataset_path, batch_size, rank, mode)
+            check_gpu_data_args(self.args)
+            if getattr(self, "gpu_data", None) is None:  # decoded once: an out-of-memory retry only re-batches
+                from ultralytics.utils.torch_utils import torch_distributed_zero_first
+                with torch_distributed_zero_first(rank):  # one process writes the label cache
+                    dataset = self.build_dataset(dataset_path, "train", batch_size)
+                self.gpu_data = GpuDataset(dataset, copy(self.args), self.device)
+            return GpuLoader(self.gpu_data, batch_size, self.args.seed, rank, self.world_size)
 
         def preprocess_batch(self, batch):
             if _RUN is not None:

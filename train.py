@@ -39,8 +39,9 @@ FLIPLR = 0.5
 FLIPUD = 0.0
 FREEZE = None            # freeze the first N layers (transfer learning)
 AMP = True               # mixed precision on GPU
-WORKERS = 8              # dataloader processes (Ultralytics uses 0 on CPU)
-CACHE = False            # False, 'ram' or 'disk': decoded images cached for faster epochs
+GPU_DATA = True          # decode the training images once, keep them on the GPU and augment there (prepare.py)
+WORKERS = 8              # with GPU_DATA = False: Ultralytics' CPU dataloader processes (0 on CPU)
+CACHE = False            # with GPU_DATA = False: 'ram' or 'disk' caches decoded images
 PLOTS = False            # plots cost seconds of the budget and are not needed for the metric
 SEED = 0
 
@@ -48,7 +49,7 @@ SEED = 0
 # Train (the budget, data, device and run folder are fixed by prepare.py; the guard checks them)
 # ---------------------------------------------------------------------------
 
-run = prepare.start(MODEL)  # checks the dataset and picks device and weights before any GPU time
+run = prepare.start(MODEL, gpu_data=GPU_DATA)  # checks the dataset and picks device and weights before any GPU time
 model = YOLO(run.weights)
 model.train(
     trainer=prepare.Trainer, data=run.data, time=TIME_BUDGET / 3600, device=run.device,
