@@ -1188,7 +1188,9 @@ class GpuDataset:
                             align_corners=True).squeeze(2) + PAD
         on_canvas = (u >= 0) & (u <= 2 * s - 1) & (v >= 0) & (v <= 2 * s - 1)
         img = torch.where(on_canvas.view(b, 1, s, s), img, torch.full_like(img, PAD))
-        r = ratio.view(b, 1, 1, 1)
+        if dev.type == "cuda":
+            img = img.half()  # 0..255 needs no more: half the memory traffic for what follows
+        r = ratio.view(b, 1, 1, 1).to(img.dtype)
         img = torch.where(mix.view(b, 1, 1, 1), img * r + img[partner] * (1 - r), img)
         return hsv_jitter(img, gains)
 
@@ -1204,6 +1206,7 @@ def hsv_jitter(img, gains):
     hue = torch.where(mx == r, ((g - b) / safe) % 6, torch.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4))
     hue = torch.where(d > 0, hue / 6, torch.zeros_like(hue))
     sat = torch.where(mx > 0, d / torch.where(mx > 0, mx, torch.ones_like(mx)), torch.zeros_like(mx))
+    gains = gains.to(img.dtype)
     hue = (hue + gains[:, 0, None, None]) % 1
     sat = (sat * gains[:, 1, None, None]).clamp(0, 1)
     val = (mx * gains[:, 2, None, None]).clamp(0, 255)
@@ -1253,18 +1256,40 @@ class GpuLoader:
         order = np.random.default_rng(self.seed + self.epoch).permutation(len(self.dataset))
         order = np.resize(order, self.samples * self.world_size)[self.rank::self.world_size]  # pad like DDP
         self.epoch += 1
-        data, dev = self.dataset, self.dataset.device
-        for a in range(0, len(order), self.batch_size):
-            idx = order[a:a + self.batch_size]
-            p = data.plan(idx, self.rng)
+        batches = [order[a:a + self.batch_size] for a in range(0, len(order), self.batch_size)]
+        if self.dataset.device.type != "cuda":
+            yield from (self.make(idx) for idx in batches)
+            return
+        # The next batch is drawn on a side stream while the model trains on this one: the small model
+        # leaves the GPU room, so the augmentation costs almost nothing.
+        side, main = torch.cuda.Stream(self.dataset.device), torch.cuda.current_stream(self.dataset.device)
+        pending = None
+        for idx in batches + [None]:
+            ready = pending
+            if idx is not None:
+                side.wait_stream(main)
+                with torch.cuda.stream(side):
+                    pending = (self.make(idx), side.record_event())
+            if ready is not None:
+                batch, event = ready
+                main.wait_event(event)
+                for v in batch.values():
+                    if isinstance(v, torch.Tensor):
+                        v.record_stream(main)  # made on the side stream, freed after the main one is done
+                yield batch
 
-            def to_dev(x, dtype):
-                t = torch.as_tensor(x, dtype=dtype)
-                return t.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else t
-            img = data.render(to_dev(p["tiles"], torch.long), to_dev(p["params"], torch.float32))
-            yield {"img": img, "batch_idx": to_dev(p["batch_idx"], torch.float32),
-                   "cls": to_dev(p["cls"], torch.float32), "bboxes": to_dev(p["bboxes"], torch.float32),
-                   "im_file": [data.dataset.im_files[i] for i in idx]}
+    def make(self, idx):
+        """One batch in Ultralytics' format, on the GPU."""
+        import torch
+        data, dev = self.dataset, self.dataset.device
+        p = data.plan(idx, self.rng)
+
+        def to_dev(x, dtype):
+            t = torch.as_tensor(x, dtype=dtype)
+            return t.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else t
+        img = data.render(to_dev(p["tiles"], torch.long), to_dev(p["params"], torch.float32))
+        return {"img": img, "batch_idx": to_dev(p["batch_idx"], torch.float32), "cls": to_dev(p["cls"], torch.float32),
+                "bboxes": to_dev(p["bboxes"], torch.float32), "im_file": [data.dataset.im_files[i] for i in idx]}
 
 # ---------------------------------------------------------------------------
 # Weights and device
@@ -1423,6 +1448,11 @@ def _trainer_class():
         def final_eval(self):
             if _RUN is not None:
                 _RUN.training_seconds = time.time() - self.train_time_start
+            if self.fitness is not None and self.fitness == self.best_fitness and FITNESS_KEY in self.metrics:
+                # best.pt holds the very weights the last validation just measured (always so with
+                # val=False): Ultralytics would validate them again, 20 s for the same number.
+                print(f"final validation: best.pt is epoch {self.epoch + 1}, validated above")
+                return
             return super().final_eval()
 
     Trainer.__module__, Trainer.__qualname__ = __name__, "Trainer"  # pickled by reference under DDP

@@ -19,8 +19,8 @@ from ultralytics import YOLO
 
 MODEL = "yolo11n.pt"     # .pt: pretrained (from weights/), .yaml: from scratch (yolo11s.yaml, yolo26n.yaml, ...)
 IMGSZ = 640              # training and validation image size
-BATCH = 32               # images per batch
-NBS = 64                 # nominal batch: gradients accumulate over round(NBS / BATCH) batches
+BATCH = 128              # images per batch
+NBS = 128                # nominal batch: gradients accumulate over round(NBS / BATCH) batches
 OPTIMIZER = "SGD"        # SGD, MuSGD, Adam, AdamW, NAdam, RAdam, RMSProp ('auto' decides from epochs, not time)
 LR0 = 0.01               # initial learning rate
 LRF = 0.01               # final learning rate as a fraction of LR0
@@ -42,6 +42,7 @@ AMP = True               # mixed precision on GPU
 GPU_DATA = True          # decode the training images once, keep them on the GPU and augment there (prepare.py)
 WORKERS = 8              # with GPU_DATA = False: Ultralytics' CPU dataloader processes (0 on CPU)
 CACHE = False            # with GPU_DATA = False: 'ram' or 'disk' caches decoded images
+VAL = False              # validate every epoch (True) or only the last one, which gives the metric (False)
 PLOTS = False            # plots cost seconds of the budget and are not needed for the metric
 SEED = 0
 
@@ -58,6 +59,6 @@ model.train(
     weight_decay=WEIGHT_DECAY, warmup_epochs=WARMUP_EPOCHS, cos_lr=COS_LR, close_mosaic=CLOSE_MOSAIC,
     mosaic=MOSAIC, mixup=MIXUP, hsv_h=HSV_H, hsv_s=HSV_S, hsv_v=HSV_V, degrees=DEGREES,
     translate=TRANSLATE, scale=SCALE, fliplr=FLIPLR, flipud=FLIPUD, freeze=FREEZE, amp=AMP,
-    workers=WORKERS, cache=CACHE, plots=PLOTS, seed=SEED,
+    workers=WORKERS, cache=CACHE, val=VAL, plots=PLOTS, seed=SEED,
 )
 prepare.finish(model)  # the honest-metric guard, then the summary (the last lines of the log)

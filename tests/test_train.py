@@ -151,12 +151,25 @@ def test_guard_rejects_a_run_with_nothing_validated(tiny_data, tmp_path):
     assert_failed(rc, log, "error: nothing was validated")
 
 
-def test_val_false_still_reports_an_honest_final_validation(tiny_data, tmp_path):
-    # Ultralytics validates the last epoch and best.pt even with val=False: the metric stays honest.
-    repo = make_repo(tmp_path, call_extra="val=False")
-    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+def test_the_metric_is_the_validation_of_the_final_weights(tiny_data, tmp_path):
+    # VAL = False validates only the last epoch; best.pt is then that epoch, so its validation is the
+    # final one. An independent validation of best.pt after the run must give the same number.
+    revalidate = ("m = YOLO(str(prepare.RUN_DIR / 'weights' / 'best.pt')).val(data=run.data, imgsz=IMGSZ, "
+                  "batch=BATCH * 2, device=run.device, plots=False)\nprint(f'revalidated: {m.box.map:.6f}')")
+    repo = make_repo(tmp_path, after_train=revalidate)
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=2)
     assert rc == 0, log[-3000:]
-    assert "Validating" in log and summary_of(log)["fitness"]
+    assert "final validation: best.pt is epoch" in log
+    again = float(log.split("revalidated: ")[1].split()[0])
+    assert abs(float(summary_of(log)["fitness"]) - again) <= max(1e-4, 0.02 * again)
+
+
+def test_with_val_every_epoch_best_pt_is_validated_again_when_it_is_not_the_last(tiny_data, tmp_path):
+    repo = make_repo(tmp_path, knobs={"VAL": "True"}, call_extra="patience=1000")
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=3)
+    assert rc == 0, log[-3000:]
+    assert ("Validating" in log) != ("final validation: best.pt is epoch" in log)
+    assert summary_of(log)["fitness"]
 
 
 def test_crash_ends_with_one_error_line(tiny_data, tmp_path):
