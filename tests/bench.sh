@@ -16,14 +16,21 @@
 #   FAULTS=1 bash tests/bench.sh        # also out-of-memory, and two agents at once on one GPU
 #   PREP=0 ...                          # skip generation and dataset checks (the stand-in exists)
 #   CEILING_ARGS=--compile ...          # also torch.compile in the ceiling (about 2 min more)
+#   GPUS="0 1 2 3 4" ...                # runs in parallel, one per card (a multi-GPU machine)
 # PYTHON defaults to the uv environment; the lent GPU machine uses PYTHON=python3 with carried wheels.
 #
-# One default run takes about 5.7 min (the 300 s budget, ~40 s outside it); two or more outlast a
-# 10-minute device command. Start those detached, in a folder that outlives the command, and collect
-# in later calls; the same command again resumes (runs whose log has a summary are not rerun):
+# One default run takes about 5.7 min (the 300 s budget, ~40 s outside it); the default bench about
+# 7.5 min. More runs outlast a 10-minute device command: either spread them over the cards of a
+# multi-GPU machine in one command (throughput rows of parallel runs share the host's CPUs and disk:
+# take those from a solo run), e.g. the five noise runs on nvidia-h100-x8:
+#   GPUS="0 1 2 3 4" SEEDS="0 1 2" REPEAT=3 PYTHON=python3 bash tests/bench.sh
+# or start them detached, in a folder that outlives the command, and collect in later calls; the
+# same command again resumes (runs whose log has a summary are reported, not rerun):
 #   mkdir -p /tmp/bench-out; OUT=/tmp/bench-out SEEDS="0 1 2" REPEAT=3 PYTHON=python3 \
 #     setsid nohup bash tests/bench.sh > /tmp/bench-out/bench.log 2>&1 < /dev/null &
 #   cat /tmp/bench-out/status; cp -r /tmp/bench-out/. "$OUT"/   # later: progress, then the files back
+# Files in $OUT: table.txt, status, ceiling-*.json/.log, and per run LABEL.log (train.py's output),
+# LABEL.profile.json (tests/bench_profile.py), LABEL.smi/.idle (nvidia-smi MiB), LABEL.wall (start, end).
 set -euo pipefail
 PY=${PYTHON:-uv run --project "$PWD" python}  # the runs cd into copies of the repo
 OUT=${OUT:-bench-out}
@@ -97,54 +104,87 @@ fi
 
 # 3. Default train.py runs, profiled (tests/bench_profile.py), with nvidia-smi sampling the card's used
 #    memory every 200 ms and the process's wall clock taken from outside. A run whose log already has
-#    a summary (an earlier call into the same $OUT) is reported, not rerun.
-run_train() {  # $1: label, $2: folder holding prepare.py and train.py, $3: ceiling JSON
-  local label=$1 dir=$2 smi peak
+#    a summary (an earlier call into the same $OUT) is reported, not rerun. With GPUS="0 1 2 3" the
+#    runs go in waves, one per card at once (a multi-GPU machine: the noise runs in one command).
+train_one() {  # $1: label, $2: folder holding prepare.py and train.py, $3: GPU index
+  local label=$1 dir=$2 gpu=$3 smi
   if grep -q '^fitness:' "$OUT/$label.log" 2>/dev/null; then
     echo "$label: finished in an earlier call; reporting its files in $OUT"
-  else
-    status "running $label"
-    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 > "$OUT/$label.idle"
-    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 200 > "$OUT/$label.smi" &
-    smi=$!
-    now > "$OUT/$label.wall"
-    (cd "$dir" && BENCH_PROFILE_OUT="$OUT/$label.profile.json" $PY train.py) > "$OUT/$label.log" 2>&1 || true
-    now >> "$OUT/$label.wall"
-    kill $smi 2>/dev/null || true
+    return
   fi
-  peak=$(sort -n "$OUT/$label.smi" | tail -1)
-  row "$label: nvidia-smi peak minus idle (MiB)" "$(( ${peak:-0} - $(head -1 "$OUT/$label.idle") ))"
+  status "running $label${GPUS:+ on GPU $gpu}"
+  rm -f "$OUT/$label.profile.json"  # a failed earlier attempt's profile must not pass for this run's
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i "$gpu" > "$OUT/$label.idle"
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i "$gpu" -lms 200 > "$OUT/$label.smi" &
+  smi=$!
+  now > "$OUT/$label.wall"
+  (cd "$dir" && env ${GPUS:+CUDA_VISIBLE_DEVICES=$gpu} BENCH_PROFILE_OUT="$OUT/$label.profile.json" $PY train.py) \
+    > "$OUT/$label.log" 2>&1 || true
+  now >> "$OUT/$label.wall"
+  kill $smi 2>/dev/null || true
+}
+report_one() {  # $1: label, $2: ceiling JSON
+  local label=$1 peak
+  peak=$(sort -n "$OUT/$label.smi" 2>/dev/null | tail -1)
+  row "$label: nvidia-smi peak minus idle (MiB)" "$(( ${peak:-0} - $(head -1 "$OUT/$label.idle" 2>/dev/null || echo 0) ))"
   for k in fitness training_seconds total_seconds peak_vram_mb epoch train_images_per_s weights; do
     row "$label: $k" "$(summary "$OUT/$label.log" $k)"
   done
   $PY tests/bench_profile.py report "$label" --log "$OUT/$label.log" --profile "$OUT/$label.profile.json" \
-    --ceiling "$3" --wall "$OUT/$label.wall" --smi "$OUT/$label.smi" --idle "$OUT/$label.idle" \
+    --ceiling "$2" --wall "$OUT/$label.wall" --smi "$OUT/$label.smi" --idle "$OUT/$label.idle" \
     | tee -a "$OUT/table.txt" || row "$label: profile report" "failed"
 }
-for v in "${variants[@]}"; do
-  seeds=(${SEEDS:-0}) same=() firsts=() all=()
+runs_of() {  # $1: variant -> one line per run: label seed repeat (REPEAT applies to the first seed)
+  local seeds=(${SEEDS:-0}) seed n r label
   for seed in "${seeds[@]}"; do
     n=1; if [ "$seed" = "${seeds[0]}" ]; then n=${REPEAT:-1}; fi
     for r in $(seq 1 "$n"); do
-      label="$(prefix_of "$v")seed$seed"; if [ "$r" -gt 1 ]; then label="$label-r$r"; fi
-      profiled_copy "/tmp/bench-$label" -e "s/^SEED = 0/SEED = $seed/" -e "$(edit_of "$v")"
-      run_train "$label" "/tmp/bench-$label" "$(ceiling_of "$v")"
-      all+=("$OUT/$label.log")
-      if [ "$seed" = "${seeds[0]}" ]; then same+=("$OUT/$label.log"); fi
-      if [ "$r" = 1 ]; then firsts+=("$OUT/$label.log"); fi
+      label="$(prefix_of "$1")seed$seed"; if [ "$r" -gt 1 ]; then label="$label-r$r"; fi
+      echo "$label $seed $r"
     done
   done
-  # 3b. Noise and baseline: fitness over runs (mean, max-min, std).
-  if [ "${#same[@]}" -gt 1 ]; then $PY tests/bench_profile.py noise "$v same seed ${seeds[0]}" "${same[@]}" | tee -a "$OUT/table.txt"; fi
-  if [ "${#firsts[@]}" -gt 1 ]; then $PY tests/bench_profile.py noise "$v seeds ${seeds[*]}" "${firsts[@]}" | tee -a "$OUT/table.txt"; fi
-  $PY tests/bench_profile.py noise "$v all runs" "${all[@]}" | tee -a "$OUT/table.txt"
+}
+labels=() dirs=()
+for v in "${variants[@]}"; do
+  while read -r label seed r; do
+    profiled_copy "/tmp/bench-$label" -e "s/^SEED = 0/SEED = $seed/" -e "$(edit_of "$v")"
+    labels+=("$label") dirs+=("/tmp/bench-$label")
+  done < <(runs_of "$v")
+done
+gpus=(${GPUS:-0})
+for ((i = 0; i < ${#labels[@]}; i += ${#gpus[@]})); do
+  for ((j = 0; j < ${#gpus[@]} && i + j < ${#labels[@]}; j++)); do
+    if [ -n "${GPUS:-}" ]; then
+      train_one "${labels[i + j]}" "${dirs[i + j]}" "${gpus[j]}" &
+    else
+      train_one "${labels[i + j]}" "${dirs[i + j]}" 0
+    fi
+  done
+  wait
+done
+noise() { $PY tests/bench_profile.py noise "$@" | tee -a "$OUT/table.txt"; }
+for v in "${variants[@]}"; do
+  same=() firsts=() all=() seeds=(${SEEDS:-0})
+  while read -r label seed r; do
+    report_one "$label" "$(ceiling_of "$v")"
+    all+=("$OUT/$label.log")
+    if [ "$seed" = "${seeds[0]}" ]; then same+=("$OUT/$label.log"); fi
+    if [ "$r" = 1 ]; then firsts+=("$OUT/$label.log"); fi
+  done < <(runs_of "$v")
+  # 3b. Noise and baseline: fitness over runs (mean, max-min, std); all runs when that is another group.
+  if [ "${#same[@]}" -gt 1 ]; then noise "$v same seed ${seeds[0]}" "${same[@]}"; fi
+  if [ "${#firsts[@]}" -gt 1 ]; then noise "$v seeds ${seeds[*]}" "${firsts[@]}"; fi
+  if [ "${#all[@]}" = 1 ] || { [ "${#all[@]}" != "${#same[@]}" ] && [ "${#all[@]}" != "${#firsts[@]}" ]; }; then
+    noise "$v all runs" "${all[@]}"
+  fi
 done
 
 # 4. Optional: the same train.py with a longer budget.
 if [ -n "${LONG:-}" ]; then
   profiled_copy "/tmp/bench-long" ""
   sed -i "s/^TIME_BUDGET = 300 /TIME_BUDGET = $LONG /" /tmp/bench-long/prepare.py
-  run_train "run$LONG" /tmp/bench-long "$OUT/ceiling-base.json"
+  train_one "run$LONG" /tmp/bench-long 0
+  report_one "run$LONG" "$OUT/ceiling-base.json"
 fi
 
 # 5. Optional: the faults that need a GPU.

@@ -18,7 +18,6 @@ ms per batch and peak memory. Nothing is downloaded: a .pt MODEL is timed as its
 import argparse
 import ast
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,10 +35,10 @@ WARMUP_ITERS = 15       # cuDNN algorithm picks, allocator growth, lazy loss ini
 TIMED_ITERS = 60        # batches timed per layout (rounded up to whole accumulation cycles)
 BOXES_PER_IMAGE = 12    # mean ships per training image (a mosaic of 4 images holds a dozen or so);
                         # the loss's target assigner scales with the most boxes in any image
-# contiguous: NCHW everywhere; channels_last: model and images NHWC; trainer: what Ultralytics' trainer
-# does on CUDA (channels_last=None): model NHWC, images NCHW as the loader gives them; compile: NHWC
-# and torch.compile (only with --compile)
-LAYOUTS = ("contiguous", "channels_last", "trainer")
+# contiguous: NCHW everywhere; channels_last: model and images NHWC; channels_last_model: what
+# Ultralytics' trainer does on CUDA (channels_last=None): model NHWC, images NCHW as the loader gives
+# them; compile: NHWC and torch.compile (only with --compile)
+LAYOUTS = ("contiguous", "channels_last", "channels_last_model")
 DEFAULTS = {"MODEL": "yolo11n.pt", "IMGSZ": 640, "BATCH": 16, "NBS": 64, "AMP": True,
             "OPTIMIZER": "SGD", "LR0": 0.01, "MOMENTUM": 0.937, "WEIGHT_DECAY": 0.0005,
             "DETERMINISTIC": True, "SEED": 0}  # Ultralytics' defaults where train.py has no knob

@@ -23,6 +23,10 @@ work lands in the step and not in the next data wait; BENCH_PROFILE_SYNC=0 turns
 - moments relative to prepare.T0 (total_seconds counts from there): pretrain routine start and end,
   the clock start (trainer.train_time_start), final_eval start and end (inside it the validation loop
   of best.pt, on_val_start to on_val_end, timed apart), on_train_end, and atexit (after the summary).
+The JSON: t0 (prepare.T0, epoch seconds), moments (seconds after t0), totals over the training clock
+(training_s, step_s, wait_s, val_s, save_s, other_s, batches, stalls, images, steady_epochs,
+steady_img_per_s = images / (steps + waits) of the epochs after the first, steady_step_img_per_s,
+final_val_s), peak_memory (torch's max reserved and allocated, MiB) and the per-epoch records.
 Under DDP (device=[0, 1]) the callbacks travel into the workers and rank 0 writes the profile: its
 moments count from that worker's own import of prepare, not the parent's.
 """
@@ -274,10 +278,12 @@ def report(label, log, profile, ceiling=None, wall=None, smi=None, idle=None):
     # 3. where the training clock went
     train_s = t["training_s"]
     row(label, "training clock, profiled (s)", f"{train_s:.1f} (summary: {summary.get('training_seconds', '?')})")
-    row(label, "  in steps (% of clock, s, batches)", f"{pct(t['step_s'], train_s)}, {t['step_s']:.1f} s, {t['batches']} ({TARGETS['steps']})")
+    row(label, "  in steps (% of clock, s, batches)",
+        f"{pct(t['step_s'], train_s)}, {t['step_s']:.1f} s, {t['batches']} ({TARGETS['steps']})")
     row(label, f"  in data waits (%, s, waits > {STALL_S * 1000:.0f} ms)",
         f"{pct(t['wait_s'], train_s)}, {t['wait_s']:.1f} s, {t['stalls']}")
-    row(label, "  in per-epoch validation (%, s, count)", f"{pct(t['val_s'], train_s)}, {t['val_s']:.1f} s, {t['validations']}")
+    row(label, "  in per-epoch validation (%, s, count)",
+        f"{pct(t['val_s'], train_s)}, {t['val_s']:.1f} s, {t['validations']}")
     row(label, "  in checkpoint saves (%, s, count)", f"{pct(t['save_s'], train_s)}, {t['save_s']:.1f} s, {t['saves']}")
     row(label, "  other (%, s: scheduler, EMA, CSV, gc)", f"{pct(t['other_s'], train_s)}, {t['other_s']:.1f} s")
     # 4. overhead outside the budget
@@ -309,7 +315,8 @@ def report(label, log, profile, ceiling=None, wall=None, smi=None, idle=None):
             else f"{vram:.0f} vs n/a")
     if p.get("peak_memory"):
         pm = p["peak_memory"]
-        row(label, "  torch max reserved / allocated (MiB)", f"{pm['max_reserved_mib']:.0f} / {pm['max_allocated_mib']:.0f}")
+        row(label, "  torch max reserved / allocated (MiB)",
+            f"{pm['max_reserved_mib']:.0f} / {pm['max_allocated_mib']:.0f}")
 
 
 def ceiling(label, path):
@@ -338,7 +345,8 @@ def noise(label, logs):
         row(label, "fitness (mAP50-95)", f"no finished runs{note}")
         return
     std = statistics.stdev(values) if len(values) > 1 else math.nan
-    row(label, f"fitness mean (mAP50-95, {len(values)} runs{note})", f"{statistics.mean(values):.4f}")
+    runs = f"{len(values)} run" + ("s" if len(values) != 1 else "")
+    row(label, f"fitness mean (mAP50-95, {runs}{note})", f"{statistics.mean(values):.4f}")
     if len(values) > 1:
         row(label, "fitness spread max-min / std (mAP50-95)", f"{max(values) - min(values):.4f} / {std:.4f}")
         row(label, "fitness values", " ".join(f"{v:.4f}" for v in values))

@@ -1,6 +1,7 @@
 """The GPU benchmark's tools, on CPU with tiny settings: the model-only ceiling and the run profiler."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ from conftest import REPO, make_repo, run_train, summary_of
 
 ATTACH = f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); import bench_profile; bench_profile.attach(model)"
 SLACK_S = 0.5  # the profile's clock ends where the harness's does; rounding and syncs leave a little
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two busy cores: PyTorch's spinning threads slow each other 10x
 
 
 def test_ceiling_times_both_layouts_on_cpu(tmp_path):
@@ -17,7 +19,7 @@ def test_ceiling_times_both_layouts_on_cpu(tmp_path):
     tiny = ["--imgsz", "64", "--batch", "4", "--nbs", "4", "--iters", "2", "--warmup", "1"]
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "bench_ceiling.py"), *tiny,
                            "--layouts", "contiguous,channels_last", "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **ONE_THREAD})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert (result["imgsz"], result["batch"], result["device"]) == (64, 4, "cpu")
@@ -32,7 +34,7 @@ def profiled_run(tiny_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("profiled")
     repo = make_repo(tmp, before_train=ATTACH)
     out = tmp / "profile.json"
-    rc, log = run_train(repo, tiny_data / "data.yaml", budget=3, env={"BENCH_PROFILE_OUT": str(out)})
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=3, env={"BENCH_PROFILE_OUT": str(out), **ONE_THREAD})
     assert rc == 0, log[-3000:]
     return json.loads(out.read_text()), summary_of(log), log, out
 
