@@ -1,67 +1,195 @@
 #!/usr/bin/env bash
-# GPU benchmark (not a test): stand-in generation, dataset-check time, default train.py runs with
-# their summaries set against nvidia-smi, and optionally a longer budget and the GPU-only faults.
-# Prints a table last; logs go to $OUT (default ./bench-out).
+# GPU benchmark (not a test): the model-only throughput ceiling, stand-in generation, dataset-check time,
+# profiled default train.py runs (throughput against the ceiling, where the training clock goes, the
+# overhead outside it, peak memory against nvidia-smi, the noise of fitness), and optionally a longer
+# budget and the GPU-only faults. Prints a table last (every row names its units); logs go to $OUT
+# (default ./bench-out).
 #
 # Usage (repo root, GPU machine):
-#   bash tests/bench.sh                 # generation, checks, one default run (SEED = 0)
+#   bash tests/bench.sh                 # ceiling, generation, checks, one default run (SEED = 0): ~7.5 min
 #   SEEDS="0 1 2" bash tests/bench.sh   # one default run per seed: the noise between seeds
+#   REPEAT=3 bash tests/bench.sh        # the first seed of SEEDS 3 times: the noise of one seed
+#   EDIT='s/^GPU_DATA = True/GPU_DATA = False/' LABEL=nogpudata bash tests/bench.sh
+#                                       # also the same runs of train.py edited by this sed script
+#                                       # (rows and files prefixed LABEL-); BASE=0: the edited one only
 #   LONG=1200 bash tests/bench.sh       # also one run with a 1200 s budget (a copy of the harness)
 #   FAULTS=1 bash tests/bench.sh        # also out-of-memory, and two agents at once on one GPU
+#   PREP=0 ...                          # skip generation and dataset checks (the stand-in exists)
+#   CEILING_ARGS=--compile ...          # also torch.compile in the ceiling (about 2 min more)
+#   GPUS="0 1 2 3 4" ...                # runs in parallel, one per card (a multi-GPU machine)
 # PYTHON defaults to the uv environment; the lent GPU machine uses PYTHON=python3 with carried wheels.
+#
+# One default run takes about 5.7 min (the 300 s budget, ~40 s outside it); the default bench about
+# 7.5 min. More runs outlast a 10-minute device command: either spread them over the cards of a
+# multi-GPU machine in one command (throughput rows of parallel runs share the host's CPUs and disk:
+# take those from a solo run), e.g. the five noise runs on nvidia-h100-x8:
+#   GPUS="0 1 2 3 4" SEEDS="0 1 2" REPEAT=3 PYTHON=python3 bash tests/bench.sh
+# or start them detached, in a folder that outlives the command, and collect in later calls; the
+# same command again resumes (runs whose log has a summary are reported, not rerun):
+#   mkdir -p /tmp/bench-out; OUT=/tmp/bench-out SEEDS="0 1 2" REPEAT=3 PYTHON=python3 \
+#     setsid nohup bash tests/bench.sh > /tmp/bench-out/bench.log 2>&1 < /dev/null &
+#   cat /tmp/bench-out/status; cp -r /tmp/bench-out/. "$OUT"/   # later: progress, then the files back
+# Files in $OUT: table.txt, status, ceiling-*.json/.log, and per run LABEL.log (train.py's output),
+# LABEL.profile.json (tests/bench_profile.py), LABEL.smi/.idle (nvidia-smi MiB), LABEL.wall (start, end).
 set -euo pipefail
 PY=${PYTHON:-uv run --project "$PWD" python}  # the runs cd into copies of the repo
 OUT=${OUT:-bench-out}
-mkdir -p "$OUT"
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)   # absolute: the runs write their profiles from elsewhere
 export PYTHONUNBUFFERED=1
 cache=${AUTORESEARCH_CACHE:-$HOME/.cache/autoresearch-ships}
-row() { printf '%-44s %s\n' "$1" "$2" | tee -a "$OUT/table.txt"; }
+CEILING_KNOBS='^(MODEL|IMGSZ|BATCH|NBS|AMP|OPTIMIZER|DETERMINISTIC) '  # what the ceiling reads
+row() { printf '%-64s %s\n' "$1" "$2" | tee -a "$OUT/table.txt"; }
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 summary() { grep "^$2:" "$1" | cut -d' ' -f2- || echo "(missing: $(tail -1 "$1"))"; }
+status() { echo "$(date +%T) $*" | tee "$OUT/status"; }
 copy() {  # $1: folder; then sed expressions for train.py
   local dir=$1; shift
   mkdir -p "$dir" && cp prepare.py "$dir/" && sed "$@" train.py > "$dir/train.py"
+  if [ -d weights ]; then ln -sfn "$PWD/weights" "$dir/weights"; fi  # pretrained weights, if any
+}
+profiled_copy() {  # $1: folder; then sed expressions: a copy whose train.py attaches tests/bench_profile.py
+  copy "$@"
+  cp tests/bench_profile.py "$1/"
+  sed -i '/^model = YOLO(/a import bench_profile; bench_profile.attach(model)  # bench.sh: where the time goes' "$1/train.py"
+  grep -q '^import bench_profile' "$1/train.py" || { echo "bench.sh: no 'model = YOLO(' line in train.py" >&2; return 1; }
 }
 
 : > "$OUT/table.txt"
+status "started"
 row "card" "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 
+# 0. Ceilings: model-only throughput with train.py's model, image size, batch and AMP, per memory
+#    layout. One per variant whose ceiling knobs differ; reused from an earlier call into this $OUT.
+variants=()
+if [ "${BASE:-1}" != 0 ]; then variants+=("base"); fi
+if [ -n "${EDIT:-}" ]; then variants+=("${LABEL:-edit}"); fi
+edit_of() { if [ "$1" = base ]; then echo ""; else echo "$EDIT"; fi; }
+prefix_of() { if [ "$1" = base ]; then echo ""; else echo "$1-"; fi; }
+ceiling_of() {  # $1: variant -> its ceiling JSON (the base's when the ceiling knobs are the same)
+  local edited=/tmp/bench-knobs-$1
+  copy "$edited" -e "$(edit_of "$1")"
+  if [ "$1" != base ] && [ "${BASE:-1}" != 0 ] && \
+     [ "$(grep -E "$CEILING_KNOBS" "$edited/train.py")" = "$(grep -E "$CEILING_KNOBS" train.py)" ]; then
+    echo "$OUT/ceiling-base.json"
+  else
+    echo "$OUT/ceiling-$1.json"
+  fi
+}
+shown=" "
+for v in "${variants[@]}"; do
+  json=$(ceiling_of "$v")
+  if [[ "$shown" == *" $json "* ]]; then continue; fi  # a variant sharing the base's ceiling
+  shown="$shown$json "
+  if [ ! -s "$json" ]; then
+    status "ceiling $v"
+    # shellcheck disable=SC2086  # CEILING_ARGS is a list of flags
+    timeout "${CEILING_TIMEOUT:-420}" $PY tests/bench_ceiling.py --train "/tmp/bench-knobs-$v/train.py" \
+      --out "$json" ${CEILING_ARGS:-} > "${json%.json}.log" 2>&1 || true
+  fi
+  $PY tests/bench_profile.py ceiling "$(basename "${json%.json}")" "$json" | tee -a "$OUT/table.txt" \
+    || row "$(basename "${json%.json}")" "failed: see ${json%.json}.log"
+done
+
 # 1. The stand-in at Kaggle scale (13,435 images), all cores.
-t=$(now); $PY prepare.py --synthetic full > "$OUT/generate.log" 2>&1; row "generate full stand-in (s, $(nproc) cores)" "$(secs "$t" "$(now)")"
+if [ "${PREP:-1}" != 0 ]; then
+  status "generating the stand-in"
+  t=$(now); $PY prepare.py --synthetic full > "$OUT/generate.log" 2>&1; row "generate full stand-in (s, $(nproc) cores)" "$(secs "$t" "$(now)")"
 
-# 2. Dataset checks: cold (nothing cached) and warm (fingerprint cached).
-rm -rf "$cache/checks"
-t=$(now); $PY prepare.py --synthetic full > "$OUT/check.log" 2>&1; row "dataset check, cold (s, incl. imports)" "$(secs "$t" "$(now)")"
-t=$(now); $PY prepare.py --synthetic full >> "$OUT/check.log" 2>&1; row "dataset check, warm (s, incl. imports)" "$(secs "$t" "$(now)")"
+  # 2. Dataset checks: cold (nothing cached) and warm (fingerprint cached).
+  rm -rf "$cache/checks"
+  t=$(now); $PY prepare.py --synthetic full > "$OUT/check.log" 2>&1; row "dataset check, cold (s, incl. imports)" "$(secs "$t" "$(now)")"
+  t=$(now); $PY prepare.py --synthetic full >> "$OUT/check.log" 2>&1; row "dataset check, warm (s, incl. imports)" "$(secs "$t" "$(now)")"
+fi
 
-# 3. Default train.py runs; nvidia-smi samples the card's used memory every 200 ms.
-run_train() {  # $1: log name, $2: folder holding prepare.py and train.py
-  local idle smi
-  idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0)
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 200 > "$OUT/$1.smi" &
+# 3. Default train.py runs, profiled (tests/bench_profile.py), with nvidia-smi sampling the card's used
+#    memory every 200 ms and the process's wall clock taken from outside. A run whose log already has
+#    a summary (an earlier call into the same $OUT) is reported, not rerun. With GPUS="0 1 2 3" the
+#    runs go in waves, one per card at once (a multi-GPU machine: the noise runs in one command).
+train_one() {  # $1: label, $2: folder holding prepare.py and train.py, $3: GPU index
+  local label=$1 dir=$2 gpu=$3 smi
+  if grep -q '^fitness:' "$OUT/$label.log" 2>/dev/null; then
+    echo "$label: finished in an earlier call; reporting its files in $OUT"
+    return
+  fi
+  status "running $label${GPUS:+ on GPU $gpu}"
+  rm -f "$OUT/$label.profile.json"  # a failed earlier attempt's profile must not pass for this run's
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i "$gpu" > "$OUT/$label.idle"
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i "$gpu" -lms 200 > "$OUT/$label.smi" &
   smi=$!
-  (cd "$2" && $PY train.py) > "$OUT/$1.log" 2>&1 || true
-  kill $smi
-  row "$1: nvidia-smi peak minus idle (MiB)" "$(( $(sort -n "$OUT/$1.smi" | tail -1) - idle ))"
+  now > "$OUT/$label.wall"
+  (cd "$dir" && env ${GPUS:+CUDA_VISIBLE_DEVICES=$gpu} BENCH_PROFILE_OUT="$OUT/$label.profile.json" $PY train.py) \
+    > "$OUT/$label.log" 2>&1 || true
+  now >> "$OUT/$label.wall"
+  kill $smi 2>/dev/null || true
+}
+report_one() {  # $1: label, $2: ceiling JSON
+  local label=$1 peak
+  peak=$(sort -n "$OUT/$label.smi" 2>/dev/null | tail -1)
+  row "$label: nvidia-smi peak minus idle (MiB)" "$(( ${peak:-0} - $(head -1 "$OUT/$label.idle" 2>/dev/null || echo 0) ))"
   for k in fitness training_seconds total_seconds peak_vram_mb epoch train_images_per_s weights; do
-    row "$1: $k" "$(summary "$OUT/$1.log" $k)"
+    row "$label: $k" "$(summary "$OUT/$label.log" $k)"
+  done
+  $PY tests/bench_profile.py report "$label" --log "$OUT/$label.log" --profile "$OUT/$label.profile.json" \
+    --ceiling "$2" --wall "$OUT/$label.wall" --smi "$OUT/$label.smi" --idle "$OUT/$label.idle" \
+    | tee -a "$OUT/table.txt" || row "$label: profile report" "failed"
+}
+runs_of() {  # $1: variant -> one line per run: label seed repeat (REPEAT applies to the first seed)
+  local seeds=(${SEEDS:-0}) seed n r label
+  for seed in "${seeds[@]}"; do
+    n=1; if [ "$seed" = "${seeds[0]}" ]; then n=${REPEAT:-1}; fi
+    for r in $(seq 1 "$n"); do
+      label="$(prefix_of "$1")seed$seed"; if [ "$r" -gt 1 ]; then label="$label-r$r"; fi
+      echo "$label $seed $r"
+    done
   done
 }
-for seed in ${SEEDS:-0}; do
-  copy "/tmp/bench-seed$seed" "s/^SEED = 0/SEED = $seed/"
-  run_train "seed$seed" "/tmp/bench-seed$seed"
+labels=() dirs=()
+for v in "${variants[@]}"; do
+  while read -r label seed r; do
+    profiled_copy "/tmp/bench-$label" -e "s/^SEED = 0/SEED = $seed/" -e "$(edit_of "$v")"
+    labels+=("$label") dirs+=("/tmp/bench-$label")
+  done < <(runs_of "$v")
+done
+gpus=(${GPUS:-0})
+for ((i = 0; i < ${#labels[@]}; i += ${#gpus[@]})); do
+  for ((j = 0; j < ${#gpus[@]} && i + j < ${#labels[@]}; j++)); do
+    if [ -n "${GPUS:-}" ]; then
+      train_one "${labels[i + j]}" "${dirs[i + j]}" "${gpus[j]}" &
+    else
+      train_one "${labels[i + j]}" "${dirs[i + j]}" 0
+    fi
+  done
+  wait
+done
+noise() { $PY tests/bench_profile.py noise "$@" | tee -a "$OUT/table.txt"; }
+for v in "${variants[@]}"; do
+  same=() firsts=() all=() seeds=(${SEEDS:-0})
+  while read -r label seed r; do
+    report_one "$label" "$(ceiling_of "$v")"
+    all+=("$OUT/$label.log")
+    if [ "$seed" = "${seeds[0]}" ]; then same+=("$OUT/$label.log"); fi
+    if [ "$r" = 1 ]; then firsts+=("$OUT/$label.log"); fi
+  done < <(runs_of "$v")
+  # 3b. Noise and baseline: fitness over runs (mean, max-min, std); all runs when that is another group.
+  if [ "${#same[@]}" -gt 1 ]; then noise "$v same seed ${seeds[0]}" "${same[@]}"; fi
+  if [ "${#firsts[@]}" -gt 1 ]; then noise "$v seeds ${seeds[*]}" "${firsts[@]}"; fi
+  if [ "${#all[@]}" = 1 ] || { [ "${#all[@]}" != "${#same[@]}" ] && [ "${#all[@]}" != "${#firsts[@]}" ]; }; then
+    noise "$v all runs" "${all[@]}"
+  fi
 done
 
 # 4. Optional: the same train.py with a longer budget.
 if [ -n "${LONG:-}" ]; then
-  copy "/tmp/bench-long" ""
+  profiled_copy "/tmp/bench-long" ""
   sed -i "s/^TIME_BUDGET = 300 /TIME_BUDGET = $LONG /" /tmp/bench-long/prepare.py
-  run_train "run$LONG" /tmp/bench-long
+  train_one "run$LONG" /tmp/bench-long 0
+  report_one "run$LONG" "$OUT/ceiling-base.json"
 fi
 
 # 5. Optional: the faults that need a GPU.
 if [ -n "${FAULTS:-}" ]; then
+  status "faults"
   copy /tmp/bench-oom -e 's/^MODEL = .*/MODEL = "yolo11x.yaml"/' -e 's/^IMGSZ = 640/IMGSZ = 1280/' \
     -e 's/^BATCH = 32 /BATCH = 512 /' -e 's/^WORKERS = 8 /WORKERS = 2 /'
   (cd /tmp/bench-oom && $PY train.py) > "$OUT/oom.log" 2>&1 || true
@@ -73,4 +201,5 @@ if [ -n "${FAULTS:-}" ]; then
     row "agent$i of 2 at once: run_dir, fitness" "$(summary "$OUT/agent$i.log" run_dir), $(summary "$OUT/agent$i.log" fitness)"
   done
 fi
+status "done"
 echo; cat "$OUT/table.txt"

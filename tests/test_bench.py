@@ -1,0 +1,77 @@
+"""The GPU benchmark's tools, on CPU with tiny settings: the model-only ceiling and the run profiler."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, make_repo, run_train, summary_of
+
+ATTACH = f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); import bench_profile; bench_profile.attach(model)"
+SLACK_S = 0.5  # the profile's clock ends where the harness's does; rounding and syncs leave a little
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two busy cores: PyTorch's spinning threads slow each other 10x
+
+
+def test_ceiling_times_both_layouts_on_cpu(tmp_path):
+    out = tmp_path / "ceiling.json"
+    tiny = ["--imgsz", "64", "--batch", "4", "--nbs", "4", "--iters", "2", "--warmup", "1"]
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "bench_ceiling.py"), *tiny,
+                           "--layouts", "contiguous,channels_last", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **ONE_THREAD})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert (result["imgsz"], result["batch"], result["device"]) == (64, 4, "cpu")
+    assert result["model"] == "yolo11n.pt"  # read from train.py
+    for layout in ("contiguous", "channels_last"):
+        assert result["layouts"][layout]["img_per_s"] > 0, result["layouts"][layout]
+    assert result["best_img_per_s"] > 0
+
+
+@pytest.fixture(scope="module")
+def profiled_run(tiny_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("profiled")
+    repo = make_repo(tmp, before_train=ATTACH)
+    out = tmp / "profile.json"
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=3, env={"BENCH_PROFILE_OUT": str(out), **ONE_THREAD})
+    assert rc == 0, log[-3000:]
+    return json.loads(out.read_text()), summary_of(log), log, out
+
+
+def test_profile_accounts_for_the_training_clock(profiled_run):
+    profile, summary, _, _ = profiled_run
+    t, m = profile["totals"], profile["moments"]
+    assert t["batches"] > 0 and t["images"] > 0 and len(profile["epochs"]) >= 1
+    parts = [t[k] for k in ("step_s", "wait_s", "val_s", "save_s")]
+    assert all(p >= 0 for p in parts), t
+    training = float(summary["training_seconds"])
+    assert sum(parts) <= training + SLACK_S, (parts, training)
+    assert abs(t["training_s"] - training) < SLACK_S  # same clock as the harness
+    assert t["steady_img_per_s"] > 0
+    assert t["val_s"] > 0 and t["save_s"] > 0  # at least the last epoch validates and saves
+
+
+def test_profile_marks_the_moments_in_order(profiled_run):
+    profile, summary, _, _ = profiled_run
+    m = profile["moments"]
+    assert 0 < m["pretrain_start"] <= m["pretrain_end"] <= m["clock_start"]
+    assert m["clock_start"] < m["final_start"] < m["final_end"] <= m["train_end"] <= m["atexit"]
+    assert m["atexit"] >= float(summary["total_seconds"]) - 0.1  # written after the summary
+    assert 0 < profile["totals"]["final_val_s"] < m["final_end"] - m["final_start"]
+
+
+def test_report_prints_rows_with_units(profiled_run, tmp_path):
+    _, _, log, out = profiled_run
+    (tmp_path / "run.log").write_text(log)
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "bench_profile.py"), "report", "cpu",
+                           "--log", str(tmp_path / "run.log"), "--profile", str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rows = proc.stdout.splitlines()
+    assert any("in steps (%" in r for r in rows) and any("overhead" in r for r in rows)
+    assert all(r.startswith("cpu: ") and "(" in r for r in rows), rows  # every row names its units
+    noise = subprocess.run([sys.executable, str(REPO / "tests" / "bench_profile.py"), "noise", "n",
+                            str(tmp_path / "run.log"), str(tmp_path / "run.log"), str(tmp_path / "missing.log")],
+                           capture_output=True, text=True, timeout=60)
+    assert "2 runs, 1 failed" in noise.stdout and "0.0000 / 0.0000" in noise.stdout, noise.stdout
