@@ -95,6 +95,7 @@ def banner(msg):
     print(f"{line}\nWARNING: {msg}\n{line}")
 
 
+@functools.cache  # once: start() and prepare.Trainer both need it, and the patches must not stack
 def _configure_ultralytics():
     """Once Ultralytics is importable: finish the offline setup, keep the dataset read-only, and keep
     run.log short."""

@@ -235,3 +235,12 @@ def test_out_of_memory_names_batch_and_imgsz_and_what_to_lower(tiny_data, tmp_pa
         optimizer_step(trainer)
     assert describe_failure(e.value, e.tb) == ("CUDA out of memory at batch=48 imgsz=96; "
                                                "lower BATCH or IMGSZ (or pick a smaller MODEL) in train.py")
+
+
+def test_the_second_run_reuses_the_label_cache(dataset, tmp_path):
+    # The label scan costs seconds on a Kaggle-size set: only the first run of a dataset pays it.
+    repo = make_repo(tmp_path)
+    logs = [run_train(repo, dataset / "data.yaml", budget=1) for _ in range(2)]
+    assert [rc for rc, _ in logs] == [0, 0], logs[1][1][-2000:]
+    assert logs[0][1].count("New cache created") == 2  # train and val
+    assert "New cache created" not in logs[1][1]
