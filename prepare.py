@@ -1087,12 +1087,16 @@ class GpuDataset:
     hyperparameters (Ultralytics' names and meanings), and Ultralytics' dataset for its labels."""
 
     def __init__(self, dataset, hyp, device):
+        import torch
         t = time.time()
         self.dataset, self.labels, self.device = dataset, dataset.labels, device
         self.imgsz = dataset.imgsz
         self.hyp = hyp
         self.images, self.sizes = decode_images(dataset.im_files, self.imgsz, device)
         self.boxes, self.start, self.count = pack_labels(self.labels)
+        ys, xs = torch.meshgrid(torch.arange(self.imgsz, device=device), torch.arange(self.imgsz, device=device),
+                                indexing="ij")
+        self.pixels = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3).float()  # (x, y, 1) per output pixel
         where = "GPU" if self.images.device.type == "cuda" else "host memory"
         print(f"GPU data: {len(self)} training images decoded in {time.time() - t:.1f} s, "
               f"{self.images.numel() / 2**30:.1f} GB in {where}")
@@ -1106,6 +1110,7 @@ class GpuDataset:
 
     def plan(self, idx, rng):
         """The CPU half of a batch: every random choice, and the boxes moved to their final place."""
+        from ultralytics.data.augment import RandomPerspective
         hyp, s, b = self.hyp, self.imgsz, len(idx)
         mosaic = rng.uniform(0, 1, b) <= hyp.mosaic  # Ultralytics skips a mix when uniform > p
         tiles = rng.integers(0, len(self), (b, 4))
@@ -1150,11 +1155,8 @@ class GpuDataset:
         keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
         sample, cls, before = sample[keep], cls[keep], xyxy[keep]
         after = warp_boxes(before, flip_box[sample] @ m[sample]).clip(0, s)
-        # Ultralytics' box_candidates: big enough, not mostly cut off, not a sliver.
-        w1, h1 = (before[:, 2] - before[:, 0]) * scale[sample], (before[:, 3] - before[:, 1]) * scale[sample]
-        w2, h2 = after[:, 2] - after[:, 0], after[:, 3] - after[:, 1]
-        ar = np.maximum(w2 / (h2 + 1e-16), h2 / (w2 + 1e-16))
-        keep = (w2 > 2) & (h2 > 2) & (w2 * h2 / (w1 * h1 + 1e-16) > 0.1) & (ar < 100)
+        # Ultralytics' own filter: big enough, not mostly cut off, not a sliver.
+        keep = RandomPerspective.box_candidates(box1=(before * scale[sample, None]).T, box2=after.T)
         sample, cls, after = sample[keep], cls[keep], after[keep]
         # MixUp: a blended image carries its partner's boxes too.
         extra = np.nonzero(mix[:, None] & (partner[:, None] == sample[None]))
@@ -1176,9 +1178,7 @@ class GpuDataset:
         ox, oy, mix, ratio = params[:, 11:15], params[:, 15:19], params[:, 19] > 0, params[:, 20]
         partner, gains = params[:, 21].long(), params[:, 22:25]
         # Where each output pixel comes from on the canvas, then from which tile.
-        ys, xs = torch.meshgrid(torch.arange(s, device=dev), torch.arange(s, device=dev), indexing="ij")
-        pix = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3).float()
-        src = pix @ minv.transpose(1, 2)
+        src = self.pixels @ minv.transpose(1, 2)
         u, v = src[..., 0] / src[..., 2], src[..., 1] / src[..., 2]
         q = (u >= xc).long() + 2 * (v >= yc).long()
         tu, tv = u - ox.gather(1, q), v - oy.gather(1, q)
