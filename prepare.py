@@ -1004,11 +1004,12 @@ def check_gpu_data_args(args):
 
 
 def load_resized(path, imgsz):
-    """One image as Ultralytics' training loader reads it: BGR, long side resized to imgsz."""
+    """One image as Ultralytics' training loader reads it: BGR, long side resized to imgsz (None if
+    it cannot be decoded)."""
     from ultralytics.utils.patches import imread
     im = imread(str(path))
     if im is None:
-        raise HarnessError(f"cannot read image {path}; remove it (with its label file) from the dataset")
+        return None
     h0, w0 = im.shape[:2]
     r = imgsz / max(h0, w0)
     if r != 1:
@@ -1019,7 +1020,8 @@ def load_resized(path, imgsz):
 
 def decode_images(files, imgsz, device, chunk=256):
     """All training images, each at the top-left of an imgsz x imgsz grey tile: (uint8 tensor [N, S, S, 3]
-    on the GPU if it fits, else in pinned host memory; numpy array [N, 2] of each image's (h, w))."""
+    on the GPU if it fits, else in pinned host memory; numpy array [N, 2] of each image's (h, w), (0, 0)
+    for one that cannot be decoded)."""
     import torch
     n, s = len(files), imgsz
     cuda = device.type == "cuda"
@@ -1031,9 +1033,10 @@ def decode_images(files, imgsz, device, chunk=256):
 
     def decode(i, out):
         im = load_resized(files[i], s)
-        sizes[i] = im.shape[:2]
         out.fill(PAD)
-        out[:im.shape[0], :im.shape[1]] = im
+        if im is not None:
+            sizes[i] = im.shape[:2]
+            out[:im.shape[0], :im.shape[1]] = im
 
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
         for a in range(0, n, chunk):
@@ -1094,6 +1097,12 @@ class GpuDataset:
         self.hyp = hyp
         self.images, self.sizes = decode_images(dataset.im_files, self.imgsz, device)
         self.boxes, self.start, self.count = pack_labels(self.labels)
+        # The dataset check lets a few broken files through with a warning; train without them.
+        self.index = np.flatnonzero(self.sizes[:, 0])
+        for i in np.flatnonzero(self.sizes[:, 0] == 0)[:3]:
+            warn(f"{dataset.im_files[i]} cannot be decoded: training goes on without it")
+        if not len(self.index):
+            raise HarnessError(f"no training image could be decoded ({dataset.im_files[0]}, ...); check the dataset")
         ys, xs = torch.meshgrid(torch.arange(self.imgsz, device=device), torch.arange(self.imgsz, device=device),
                                 indexing="ij")
         self.pixels = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3).float()  # (x, y, 1) per output pixel
@@ -1101,8 +1110,8 @@ class GpuDataset:
         print(f"GPU data: {len(self)} training images decoded in {time.time() - t:.1f} s, "
               f"{self.images.numel() / 2**30:.1f} GB in {where}")
 
-    def __len__(self):
-        return len(self.dataset)
+    def __len__(self):  # decodable images
+        return len(self.index)
 
     def close_mosaic(self, hyp):
         """Ultralytics' close_mosaic: the last epochs train on plain images."""
@@ -1113,7 +1122,7 @@ class GpuDataset:
         from ultralytics.data.augment import RandomPerspective
         hyp, s, b = self.hyp, self.imgsz, len(idx)
         mosaic = rng.uniform(0, 1, b) <= hyp.mosaic  # Ultralytics skips a mix when uniform > p
-        tiles = rng.integers(0, len(self), (b, 4))
+        tiles = self.index[rng.integers(0, len(self), (b, 4))]
         tiles[:, 0] = idx
         hw = self.sizes[tiles]                         # (h, w) of each tile
         # Mosaic layout (Ultralytics' Mosaic, n=4): tiles meet at a random centre of a 2S x 2S canvas.
@@ -1254,7 +1263,7 @@ class GpuLoader:
 
     def __iter__(self):
         import torch
-        order = np.random.default_rng(self.seed + self.epoch).permutation(len(self.dataset))
+        order = self.dataset.index[np.random.default_rng(self.seed + self.epoch).permutation(len(self.dataset))]
         order = np.resize(order, self.samples * self.world_size)[self.rank::self.world_size]  # pad like DDP
         self.epoch += 1
         batches = [order[a:a + self.batch_size] for a in range(0, len(order), self.batch_size)]
