@@ -126,6 +126,26 @@ def test_close_mosaic_turns_mosaic_and_mixup_off(stats_data):
     assert (plan["params"][:, 19] == 0).all()
 
 
+@pytest.mark.parametrize("knobs", [{}, {"mosaic": 0.5, "degrees": 20.0, "shear": 5.0, "perspective": 0.0005,
+                                          "flipud": 0.5, "mixup": 0.5, "hsv_h": 0.1}], ids=["defaults", "all-knobs"])
+def test_the_triton_renderer_draws_what_the_torch_renderer_draws(stats_data, knobs, monkeypatch):
+    """The GPU runs the Triton kernels; here Triton's interpreter runs them on the CPU."""
+    _, gpu = build(cfg(**knobs), stats_data)
+    plan = gpu.plan(gpu.index[:12], np.random.default_rng(0))
+    tiles, params = torch.as_tensor(plan["tiles"]), torch.as_tensor(plan["params"])
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    prepare._triton_kernels.cache_clear()  # built anew under the interpreter, and after this test
+    try:
+        triton = prepare.render_triton(gpu.images, tiles, params, IMGSZ)
+    finally:
+        prepare._triton_kernels.cache_clear()
+    torch_ = prepare.render_torch(gpu.images, tiles, params, IMGSZ)
+    assert triton.dtype == torch.float16 and triton.shape == torch_.shape == (12, 3, IMGSZ, IMGSZ)
+    diff = (triton.float() - torch_).abs()
+    assert diff.mean() < 0.05  # half precision rounds 0..255 to 1/8 at most
+    assert (diff > 1).float().mean() < 0.001  # a pixel on a tile seam may fall to the other side
+
+
 def test_ddp_ranks_split_each_epoch_like_distributed_sampler(stats_data):
     _, gpu = build(cfg(), stats_data)
     seen = []
