@@ -222,18 +222,26 @@ def test_an_interrupted_parent_stops_every_worker_process(tmp_path):
 
 
 def test_the_workers_get_the_harness(tiny_data, tmp_path):
-    # Ultralytics sends DDP workers the trainer class by reference (cloudpickle): loading what it writes,
-    # as its worker script does, imports prepare, with its offline settings, patches and error line.
-    from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
-    trainer = prepare.Trainer(overrides={"data": str(tiny_data / "data.yaml"), "model": "yolo11n.yaml",
-                                         "device": "cpu", "project": str(tmp_path), "name": "ddp"})
-    file = generate_ddp_file(trainer)
-    try:
-        script = f'''
+    # Ultralytics sends DDP workers the trainer class by reference (cloudpickle): the state it writes for them,
+    # loaded as its worker script loads it, imports prepare, with its offline settings, patches and error line.
+    # Both halves run in fresh processes: an Ultralytics trainer imports Triton, which test_gpu_data.py needs
+    # to import itself, under Triton's interpreter.
+    launch = f"""
+import prepare
+from ultralytics.utils.dist import generate_ddp_file
+overrides = {{"data": {str(tiny_data / "data.yaml")!r}, "model": "yolo11n.yaml", "device": "cpu",
+             "project": {str(tmp_path)!r}, "name": "ddp"}}
+print(generate_ddp_file(prepare.Trainer(overrides=overrides)))
+"""
+    out = subprocess.run([sys.executable, "-c", launch], cwd=prepare.REPO_DIR, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    file = Path(out.stdout.strip().splitlines()[-1])
+    worker = f"""
 import json, os, sys
 sys.path = {sys.path!r}
 from ultralytics.utils.patches import torch_load  # the worker script's order: Ultralytics, then the state
-state = torch_load({str(Path(file).with_suffix(".pt"))!r}, map_location="cpu")
+state = torch_load({str(file.with_suffix(".pt"))!r}, map_location="cpu")
 import prepare
 import ultralytics.data.dataset as dataset_mod
 import ultralytics.engine.trainer as trainer_mod
@@ -242,13 +250,15 @@ print(json.dumps({{
     "check_amp": trainer_mod.check_amp(None), "excepthook": sys.excepthook is prepare._excepthook,
     "labels_cache": dataset_mod.save_dataset_cache_file is prepare._save_labels_cache,
     "env": [os.environ.get(k) for k in ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_CONFIG_DIR")]}}))
-'''
-        out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+"""
+    try:
+        out = subprocess.run([sys.executable, "-c", worker], cwd=tmp_path, capture_output=True, text=True,
                              timeout=120)
         assert out.returncode == 0, out.stderr[-3000:]
         seen = json.loads(out.stdout.strip().splitlines()[-1])
     finally:
-        ddp_cleanup(trainer, file)
+        file.unlink()
+        file.with_suffix(".pt").unlink()
     assert seen == {"trainer": True, "prepare": str(prepare.REPO_DIR / "prepare.py"), "check_amp": True,
                     "excepthook": True, "labels_cache": True,
                     "env": ["1", "0", str(prepare.CACHE_DIR / "ultralytics")]}
