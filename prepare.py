@@ -69,6 +69,10 @@ OVERRUN_LIMIT = 1.8 * TIME_BUDGET + 30
 
 # Evaluation settings that train.py must leave at Ultralytics' defaults (the honest-metric guard).
 EVAL_ARGS = ("split", "conf", "iou", "max_det", "classes", "agnostic_nms", "augment", "single_cls")
+# Several GPUs (DEVICE = [0, 1] in train.py): Ultralytics trains in DDP worker processes, and each worker
+# hands the parent what the summary needs in one small file in the run folder.
+DDP_HANDOFF = "ddp-rank{rank}.json"
+DDP_STOP_GRACE = 30      # seconds the DDP workers get to exit after SIGTERM before they are killed
 
 # ---------------------------------------------------------------------------
 # Offline runtime: set before Ultralytics is imported, so nothing reaches for the network
@@ -187,6 +191,8 @@ def _excepthook(exc_type, exc, tb):
         sys.__excepthook__(exc_type, exc, tb)
         sys.stderr.flush()
     print(f"error: {describe_failure(exc, tb)}", flush=True)
+    if _ddp_rank() >= 0:  # a DDP worker: its parent ends the log with this line, not torch.distributed's traceback
+        write_handoff(_ddp_rank(), {"error": describe_failure(exc, tb)})
 
 
 def _sigterm(signum, frame):
@@ -1421,34 +1427,61 @@ def download_weights(name):
     print(f"saved {target}")
 
 
-def pick_device():
-    """(device for Ultralytics, description). CUDA device 0, else CPU with a loud warning."""
+def pick_device(request=None):
+    """(device for Ultralytics, description) for train.py's DEVICE: None is CUDA device 0, else the CPU
+    (start() warns loudly); an index is that GPU; a list of indices is one run over those GPUs (DDP).
+    A request this machine cannot meet fails here, before any GPU time is spent."""
     import torch
-    if torch.cuda.is_available():
-        return 0, f"cuda:0 {torch.cuda.get_device_name(0)}"
-    banner("no CUDA GPU found: training on the CPU. It works, about 100x slower; "
-           "metrics are not comparable with GPU runs.")
-    return "cpu", "cpu"
+    if request == "cpu":
+        return "cpu", "cpu"
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if request is None:
+        return (0, f"cuda:0 {torch.cuda.get_device_name(0)}") if gpus else ("cpu", "cpu")
+    ids = [request] if isinstance(request, int) else request
+    if (not isinstance(ids, (list, tuple)) or not ids
+            or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)):
+        raise HarnessError(f"DEVICE = {request!r} in train.py: use None (GPU 0), a GPU index (1) or a list of "
+                           "GPU indices ([0, 1]: one run over several GPUs)")
+    if len(set(ids)) != len(ids):
+        raise HarnessError(f"DEVICE = {request!r} in train.py names a GPU twice; list each GPU once")
+    missing = [i for i in ids if i >= gpus]
+    if missing:
+        have = f"{gpus} GPU{'s' if gpus != 1 else ''} ({', '.join(map(str, range(gpus)))})" if gpus else "no CUDA GPU"
+        raise HarnessError(f"DEVICE = {request!r} in train.py: GPU {missing[0]} does not exist, this machine has "
+                           f"{have}; set DEVICE = None or list GPUs that exist")
+    names = [torch.cuda.get_device_name(i) for i in ids]
+    name = names[0] if len(set(names)) == 1 else " + ".join(names)
+    if len(ids) == 1:
+        return ids[0], f"cuda:{ids[0]} {name}"
+    return list(ids), f"cuda:{','.join(map(str, ids))} {len(ids)} x {name}"
+
+
+def process_gpu_mb(index, pid=None):
+    """What NVML says a process (this one by default) holds on GPU `index`, in MB, as nvidia-smi shows it;
+    None where NVML cannot tell (no NVML, or another PID namespace)."""
+    try:
+        import pynvml
+        import torch
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{torch.cuda.get_device_properties(index).uuid}")
+        used = {p.pid: p.usedGpuMemory for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)}
+        return (used.get(pid or os.getpid()) or 0) / 2**20
+    except Exception:
+        return None
 
 
 def peak_vram_mb(device):
-    """The most GPU memory the run held, as nvidia-smi would show it for this process:
-    PyTorch's peak reserved memory plus what the process holds outside PyTorch (CUDA context,
+    """The most memory this process held on GPU `device` (an index), as nvidia-smi would show it for the
+    process: PyTorch's peak reserved memory plus what the process holds outside PyTorch (CUDA context,
     libraries), read from NVML once at the end. 0.0 on CPU."""
     if device == "cpu":
         return 0.0
     import torch
-    peak = torch.cuda.max_memory_reserved(0)
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{torch.cuda.get_device_properties(0).uuid}")
-        used = {p.pid: p.usedGpuMemory for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)}
-        if used.get(os.getpid()):
-            peak += max(used[os.getpid()] - torch.cuda.memory_reserved(0), 0)
-    except Exception:  # no NVML (or another PID namespace): PyTorch's own figure alone
-        pass
-    return peak / 2**20
+    peak = torch.cuda.max_memory_reserved(device) / 2**20
+    used = process_gpu_mb(device)
+    if used:  # without NVML: PyTorch's own figure alone
+        peak += max(used - torch.cuda.memory_reserved(device) / 2**20, 0)
+    return peak
 
 # ---------------------------------------------------------------------------
 # The run: start() before training, finish() after it
@@ -1462,23 +1495,24 @@ class Run:
     source: Path               # the dataset YAML as found
     kind: str                  # real, YOLO_DATA or synthetic
     splits: dict               # train and val image folders: the guard checks training used these
-    device: object             # 0 or "cpu", as Ultralytics takes it
+    device: object             # a GPU index, [0, 1, ...] (DDP) or "cpu", as Ultralytics takes it
     device_name: str
     weights: str               # what YOLO() loads
     weights_note: str          # how the summary describes it
     project: str = str(RUN_DIR.parent)
     name: str = RUN_DIR.name
-    trained_images: int = 0
-    training_seconds: float = 0.0
 
 
 _RUN = None
 
 
-def start(model, gpu_data=True):
+def start(model, device=None, gpu_data=True):
     """Check everything before any GPU time is spent; return the Run for train.py's call.
-    gpu_data: train from images decoded once and augmented on the GPU (else Ultralytics' CPU workers)."""
+    device: train.py's DEVICE (see pick_device). gpu_data: train from images decoded once and augmented on
+    the GPU (else Ultralytics' CPU workers)."""
     global _RUN
+    request = device
+    device, device_name = pick_device(request)  # first: a bad DEVICE fails before anything is written
     os.environ[GPU_DATA_ENV] = "1" if gpu_data else "0"  # an environment variable reaches DDP workers too
     yaml_path, kind = find_dataset()
     if kind == "synthetic":
@@ -1490,7 +1524,9 @@ def start(model, gpu_data=True):
     RUN_DIR.mkdir(parents=True)
     data = write_run_yaml(stats)
     _configure_ultralytics()
-    device, device_name = pick_device()
+    if device == "cpu" and request is None:
+        banner("no CUDA GPU found: training on the CPU. It works, about 100x slower; "
+               "metrics are not comparable with GPU runs.")
     weights, weights_note = resolve_weights(model)
     print(f"time budget: {TIME_BUDGET:g} s | device: {device_name} | weights: {weights_note}")
     splits = {s: str(stats[s][0]) for s in ("train", "val")}
@@ -1515,7 +1551,14 @@ def _trainer_class():
     class Trainer(DetectionTrainer):
         """Ultralytics' detection trainer with the harness inside: the training clock stops where its
         final validation starts, every batch counts its images, and a NaN loss ends the run at once.
-        Under DDP each worker process rebuilds this class by importing prepare, so all of it reaches them."""
+        Under DDP each worker process rebuilds this class by importing prepare, so all of it reaches them;
+        each worker hands its clock, count and memory to the parent (write_handoff), which does the final
+        validation itself (train_ddp)."""
+        trained_images = 0         # images trained on (a DDP parent: every rank's)
+        training_seconds = 0.0     # the trainer's clock when the final validation starts (a DDP parent: rank 0's)
+
+        def train(self):
+            return train_ddp(self) if self.ddp else super().train()
 
         def get_dataloader(self, dataset_path, batch_size=16, rank=0, mode="train"):
             if mode != "train" or os.environ.get(GPU_DATA_ENV) != "1":
@@ -1529,9 +1572,19 @@ def _trainer_class():
             return GpuLoader(self.gpu_data, batch_size, self.args.seed, rank, self.world_size)
 
         def preprocess_batch(self, batch):
-            if _RUN is not None:
-                _RUN.trained_images += len(batch["img"])  # the last batch of an epoch may be smaller
+            self.trained_images += len(batch["img"])  # the last batch of an epoch may be smaller
             return super().preprocess_batch(batch)
+
+        def _get_warmup_iterations(self, num_batches):
+            # Called right after Ultralytics re-estimates, from this process's own clock, how many epochs
+            # fit the time budget. DDP ranks that disagree validate after different epochs and deadlock (and
+            # follow different LR schedules): every rank takes rank 0's estimate, as it takes rank 0's stop.
+            if self.world_size > 1 and _ddp_rank() >= 0:
+                import torch.distributed as dist
+                epochs = [self.epochs]
+                dist.broadcast_object_list(epochs, 0)
+                self.epochs = self.args.epochs = epochs[0]
+            return super()._get_warmup_iterations(num_batches)
 
         def optimizer_step(self):
             if not bool(self.loss.isfinite()):  # stop early, as karpathy's does
@@ -1540,8 +1593,11 @@ def _trainer_class():
             super().optimizer_step()
 
         def final_eval(self):
-            if _RUN is not None:
-                _RUN.training_seconds = time.time() - self.train_time_start
+            self.training_seconds = time.time() - self.train_time_start
+            rank = _ddp_rank()
+            if rank >= 0:  # a DDP worker: the parent validates best.pt itself (train_ddp); hand it the rest
+                write_handoff(rank, worker_report(self, rank))
+                return
             if self.fitness is not None and self.fitness == self.best_fitness and FITNESS_KEY in self.metrics:
                 # best.pt holds the very weights the last validation just measured (always so with
                 # val=False): Ultralytics would validate them again, 20 s for the same number.
@@ -1560,6 +1616,8 @@ def _watchdog():
           f"{TIME_BUDGET:g} s); stopped by the harness. Look at the end of the log for what hung", flush=True)
     for child in multiprocessing.active_children():  # dataloader workers
         child.kill()
+    for group in _DDP_GROUPS:  # DDP workers, with their own dataloader workers
+        _stop_group(group, grace=0)
     os._exit(3)
 
 
@@ -1596,24 +1654,26 @@ def finish(model):
         raise HarnessError("train.py must pass trainer=prepare.Trainer to model.train(): it carries the "
                            "harness's clock and checks; put it back")
     guard(trainer, run)
+    if trainer.ddp:  # the workers trained and validated with their own copy of the settings: guard those too
+        guard(worker_view(trainer.ddp_reports[0]), run)
     m = trainer.metrics
     fitness = float(m[FITNESS_KEY])
     if not math.isfinite(fitness):
         raise HarnessError(f"{FITNESS_KEY} is {fitness}: the training diverged; lower LR0, or try AMP = False")
-    training_seconds = run.training_seconds
+    training_seconds = trainer.training_seconds
     summary = {
         "fitness_key": FITNESS_KEY,
         "fitness": f"{fitness:.6f}",
         "training_seconds": f"{training_seconds:.1f}",
         "total_seconds": f"{time.time() - T0:.1f}",
-        "peak_vram_mb": f"{peak_vram_mb(run.device):.1f}",
+        "peak_vram_mb": f"{run_peak_vram_mb(run, trainer):.1f}",
         "precision": f"{float(m['metrics/precision(B)']):.6f}",
         "recall": f"{float(m['metrics/recall(B)']):.6f}",
         "map50": f"{float(m['metrics/mAP50(B)']):.6f}",
         "map50_95": f"{fitness:.6f}",
         "epoch": trainer.epoch + 1,
         "time_budget_s": f"{TIME_BUDGET:g}",
-        "train_images_per_s": f"{run.trained_images / max(training_seconds, 1e-9):.1f}",
+        "train_images_per_s": f"{trainer.trained_images / max(training_seconds, 1e-9):.1f}",
         "data": run.kind,
         "dataset": str(run.source),
         "weights": run.weights_note,
@@ -1624,6 +1684,180 @@ def finish(model):
     for k, v in summary.items():
         print(f"{k}: {v}")
     return summary
+
+# ---------------------------------------------------------------------------
+# Several GPUs: Ultralytics' DDP workers, what they hand back, and the parent's final validation
+# ---------------------------------------------------------------------------
+# With DEVICE = [0, 1] the process that runs train.py (the parent) starts one worker process per GPU through
+# torch.distributed.run. Ultralytics pickles prepare.Trainer by reference, so each worker imports prepare
+# (offline settings, Ultralytics patches, the GPU data pipeline, NaN stop, excepthook) and trains on its
+# share of every batch. The parent gets nothing back from Ultralytics but the checkpoints, so where a one-GPU
+# run's final validation would start, each worker writes a small report (write_handoff) and exits; the
+# parent then validates best.pt itself, as a one-GPU run's final validation does (validate_best).
+
+GUARDED_ARGS = ("data", "time", "fraction") + EVAL_ARGS  # what guard() reads from a trainer's args
+_DDP_GROUPS = []  # DDP worker process groups still running: stopped whole on an interrupt or an overrun
+
+
+def _ddp_rank():
+    """This process's rank among the DDP workers (set by torch.distributed.run, read the same way by
+    Ultralytics), -1 outside DDP."""
+    return int(os.environ.get("RANK", -1))
+
+
+def write_handoff(rank, report):
+    """A DDP worker's report to its parent: one JSON file per rank in the run folder."""
+    write_atomic(RUN_DIR / DDP_HANDOFF.format(rank=rank), json.dumps({"rank": rank, **report}, default=str).encode())
+
+
+def read_handoffs(world_size):
+    """The reports of ranks 0 .. world_size - 1, in rank order; a worker killed outright leaves none."""
+    paths = [RUN_DIR / DDP_HANDOFF.format(rank=rank) for rank in range(world_size)]
+    return [json.loads(path.read_text()) for path in paths if path.is_file()]
+
+
+def worker_report(trainer, rank):
+    """What a DDP worker hands back when its clock stops: clock, images, epoch and peak memory for the
+    summary; rank 0 also the settings it trained and validated with and its last validation's metrics,
+    for the guard and the log."""
+    gpu = trainer.device.index if trainer.device.type == "cuda" else "cpu"
+    report = {"training_seconds": trainer.training_seconds, "trained_images": trainer.trained_images,
+              "epoch": trainer.epoch, "gpu": gpu, "peak_vram_mb": peak_vram_mb(gpu)}
+    if rank == 0:
+        report["args"] = {k: getattr(trainer.args, k) for k in GUARDED_ARGS}
+        report["splits"] = {split: trainer.data.get(split) for split in ("train", "val")}
+        report["metrics"] = {k: float(v) for k, v in (trainer.metrics or {}).items()}
+    return report
+
+
+def worker_view(report):
+    """Rank 0's trainer as guard() sees it: the settings it trained and validated with, and its metrics."""
+    from types import SimpleNamespace
+    return SimpleNamespace(args=SimpleNamespace(**report["args"]), data=report["splits"], metrics=report["metrics"])
+
+
+def ddp_failure(reports, code, world_size):
+    """The one line that ends the log when the DDP workers failed: a worker's own error, preferring the one
+    that started it over the `interrupted` of the workers torch.distributed.run stopped after it."""
+    errors = [r for r in reports if r.get("error")]
+    first = [r for r in errors if not r["error"].startswith("interrupted")] or errors
+    if first:
+        return f"{first[0]['error']} (DDP rank {first[0]['rank']} of {world_size})"
+    return (f"the DDP workers failed (exit code {code}) without an error line of their own; "
+            "the log above (torch.distributed.run's report) says why")
+
+
+def train_ddp(trainer):
+    """Ultralytics' DDP launch (BaseTrainer.train and utils/dist.py), kept in hand: the run folder stays (it
+    holds run/data.yaml; Ultralytics would delete it), the workers run as one process group that an interrupt
+    or the watchdog stops whole, a worker's failure ends the log with its own `error:` line, and the final
+    validation is done here, on the first GPU, as in a one-GPU run."""
+    from ultralytics.utils.dist import ddp_cleanup, find_free_network_port, generate_ddp_file
+    from ultralytics.utils.torch_utils import unset_deterministic
+    try:
+        import cloudpickle  # noqa: F401  (Ultralytics sends the trainer to the workers with it)
+    except ImportError:
+        raise HarnessError("DEVICE with several GPUs needs the cloudpickle package: run `uv sync` "
+                           "(or pip install 'cloudpickle>=3.1.1')") from None
+    n, batch = trainer.world_size, trainer.args.batch
+    if batch < 1 or batch % n:
+        raise HarnessError(f"BATCH = {batch} with {n} GPUs: under DDP the batch is split over the GPUs; "
+                           f"set BATCH in train.py to a multiple of {n}")
+    if trainer.args.rect:  # as Ultralytics does
+        warn("rect=True does not work over several GPUs: training with rect=False")
+        trainer.args.rect = False
+    gpus = [int(i) for i in trainer.args.device.split(",")] if trainer.device.type == "cuda" else []
+    held = {i: process_gpu_mb(i) or 0.0 for i in gpus}  # what this process holds on each GPU while the workers run
+    file = generate_ddp_file(trainer)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
+           "--master_port", str(find_free_network_port()), file]
+    print(f"DDP: {n} worker processes on device {trainer.args.device}: {' '.join(cmd)}")
+    try:
+        code = run_group(cmd)
+    finally:
+        ddp_cleanup(trainer, file)
+        unset_deterministic()
+    reports = read_handoffs(n)
+    if code != 0 or len(reports) != n or any(r.get("error") for r in reports):
+        raise HarnessError(ddp_failure(reports, code, n))
+    first = reports[0]
+    trainer.ddp_reports, trainer.ddp_held_mb = reports, held
+    trainer.training_seconds = first["training_seconds"]  # rank 0's clock decides when every rank stops
+    trainer.trained_images = sum(r["trained_images"] for r in reports)
+    trainer.epoch = first["epoch"]
+    print(f"DDP: the workers' last validation (each GPU a share of the val split): {FITNESS_KEY} "
+          f"{first['metrics'].get(FITNESS_KEY, float('nan')):.6f}; the summary reports best.pt validated "
+          "here on one GPU, as a one-GPU run does it")
+    validate_best(trainer)
+
+
+def validate_best(trainer):
+    """A one-GPU run's final validation, done in this process: the trainer's own val loader (rectangular
+    batches of 2 x BATCH, one device) and validator, FP16 on a GPU when AMP is on (as the per-epoch
+    validations leave it), then Ultralytics' own final_eval, which strips the checkpoints and validates
+    best.pt. trainer.metrics stays None without a best.pt (the guard says so)."""
+    if not trainer.best.exists():
+        return
+    if not hasattr(trainer.model, "stride"):  # built from a YAML in the DDP workers: this process has its name only
+        from ultralytics.nn.tasks import load_checkpoint
+        trainer.model = load_checkpoint(trainer.best)[0]  # the val loader pads images to its stride
+    trainer.test_loader = trainer.get_dataloader(trainer.data[trainer.args.split], batch_size=trainer.args.batch * 2,
+                                                 rank=-1, mode="val")
+    trainer.validator = trainer.get_validator()
+    amp = trainer.device.type != "cpu" and trainer.args.amp not in (False, "fp32")
+    trainer.validator.args.quantize = 16 if amp else None
+    super(_trainer_class(), trainer).final_eval()  # Ultralytics' own, without prepare.Trainer's clock and skip
+
+
+def run_group(cmd):
+    """Run a command in a process group of its own and wait for it. Whatever ends the wait early (SIGTERM,
+    Ctrl-C, an error) stops the whole group, so no DDP worker keeps a GPU after the run. Returns the exit code."""
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    _DDP_GROUPS.append(proc)
+    try:
+        return proc.wait()
+    finally:
+        _stop_group(proc)
+        _DDP_GROUPS.remove(proc)
+
+
+def _stop_group(proc, grace=DDP_STOP_GRACE):
+    """SIGTERM to the group (workers end through their `error: interrupted` path), then SIGKILL to whatever
+    is left of it after `grace` seconds. Nothing to do when the group has already exited."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def ddp_peak_vram_mb(reports, held_mb, parent_gpu, parent_peak_mb):
+    """Peak memory per GPU of a DDP run, as nvidia-smi would show it for the run's processes on that card:
+    each worker's peak plus what the parent held there while the workers ran; on the parent's GPU the
+    parent's own final validation (after the workers exited) when that is more."""
+    per_gpu = {r["gpu"]: r["peak_vram_mb"] + held_mb.get(r["gpu"], 0.0) for r in reports}
+    per_gpu[parent_gpu] = max(per_gpu.get(parent_gpu, 0.0), parent_peak_mb)
+    return per_gpu
+
+
+def run_peak_vram_mb(run, trainer):
+    """The summary's peak_vram_mb: the process's peak on its GPU; under DDP the largest per GPU (what decides
+    whether a setting fits the cards), with every GPU's figure in the log."""
+    if not trainer.ddp or run.device == "cpu":
+        return peak_vram_mb(run.device)
+    gpu = trainer.device.index
+    per_gpu = ddp_peak_vram_mb(trainer.ddp_reports, trainer.ddp_held_mb, gpu, peak_vram_mb(gpu))
+    print("DDP: peak GPU memory (MB) per GPU: " + ", ".join(f"{g}: {mb:.1f}" for g, mb in sorted(per_gpu.items()))
+          + "; peak_vram_mb is the largest")
+    return max(per_gpu.values())
 
 # ---------------------------------------------------------------------------
 # Progress: results.tsv -> progress.png and a text summary

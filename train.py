@@ -45,12 +45,13 @@ CACHE = False            # with GPU_DATA = False: 'ram' or 'disk' caches decoded
 VAL = False              # validate every epoch (True) or only the last one, which gives the metric (False)
 PLOTS = False            # plots cost seconds of the budget and are not needed for the metric
 SEED = 0
+DEVICE = None            # None: GPU 0 (else the CPU); 1: GPU 1; [0, 1]: one run over both (DDP, BATCH split)
 
 # ---------------------------------------------------------------------------
 # Train (the budget, data, device and run folder are fixed by prepare.py; the guard checks them)
 # ---------------------------------------------------------------------------
 
-run = prepare.start(MODEL, gpu_data=GPU_DATA)  # checks the dataset and picks device and weights before any GPU time
+run = prepare.start(MODEL, device=DEVICE, gpu_data=GPU_DATA)  # checks dataset, device and weights before any GPU time
 model = YOLO(run.weights)
 model.train(
     trainer=prepare.Trainer, data=run.data, time=TIME_BUDGET / 3600, device=run.device,

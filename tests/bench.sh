@@ -17,6 +17,9 @@
 #   PREP=0 ...                          # skip generation and dataset checks (the stand-in exists)
 #   CEILING_ARGS=--compile ...          # also torch.compile in the ceiling (about 2 min more)
 #   GPUS="0 1 2 3 4" ...                # runs in parallel, one per card (a multi-GPU machine)
+#   DDP=2 BASE=0 bash tests/bench.sh    # the runs as one DDP run over GPUs 0 and 1 (train.py edited to
+#                                       # DEVICE = [0, 1]; rows prefixed ddp2-, nvidia-smi on both cards);
+#                                       # two agents at once, one GPU each: GPUS="0 1" REPEAT=2
 # PYTHON defaults to the uv environment; the lent GPU machine uses PYTHON=python3 with carried wheels.
 #
 # One default run takes about 5.7 min (the 300 s budget, ~40 s outside it); the default bench about
@@ -38,6 +41,10 @@ mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)   # absolute: the runs write their pr
 export PYTHONUNBUFFERED=1
 cache=${AUTORESEARCH_CACHE:-$HOME/.cache/autoresearch-ships}
 CEILING_KNOBS='^(MODEL|IMGSZ|BATCH|NBS|AMP|OPTIMIZER|DETERMINISTIC) '  # what the ceiling reads
+if [ -n "${DDP:-}" ]; then  # DDP=N: the edited variant is train.py over GPUs 0 .. N-1
+  ddp_cards=$(seq -s, 0 $((DDP - 1)))
+  EDIT="s/^DEVICE = None /DEVICE = [${ddp_cards//,/, }] /" LABEL=ddp$DDP
+fi
 row() { printf '%-64s %s\n' "$1" "$2" | tee -a "$OUT/table.txt"; }
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
@@ -108,6 +115,7 @@ fi
 #    runs go in waves, one per card at once (a multi-GPU machine: the noise runs in one command).
 train_one() {  # $1: label, $2: folder holding prepare.py and train.py, $3: GPU index
   local label=$1 dir=$2 gpu=$3 smi
+  if [[ -n ${ddp_cards:-} && $label == ddp* ]]; then gpu=$ddp_cards; fi  # nvidia-smi on every card of a DDP run
   if grep -q '^fitness:' "$OUT/$label.log" 2>/dev/null; then
     echo "$label: finished in an earlier call; reporting its files in $OUT"
     return
@@ -130,6 +138,7 @@ report_one() {  # $1: label, $2: ceiling JSON
   for k in fitness training_seconds total_seconds peak_vram_mb epoch train_images_per_s weights; do
     row "$label: $k" "$(summary "$OUT/$label.log" $k)"
   done
+  grep '^DDP: \(peak\|the workers\)' "$OUT/$label.log" | while read -r line; do row "$label" "$line"; done || true
   $PY tests/bench_profile.py report "$label" --log "$OUT/$label.log" --profile "$OUT/$label.profile.json" \
     --ceiling "$2" --wall "$OUT/$label.wall" --smi "$OUT/$label.smi" --idle "$OUT/$label.idle" \
     | tee -a "$OUT/table.txt" || row "$label: profile report" "failed"

@@ -83,11 +83,9 @@ class Profile:
         self.moments[name] = round((t if t is not None else self.now()) - self.t0, 4)
 
     def images_so_far(self, trainer):
-        """Training images so far: the harness counts each batch's real size (the last one is smaller)."""
-        run = getattr(sys.modules.get("prepare"), "_RUN", None)
-        if run is not None:
-            return run.trained_images
-        return sum(e["batches"] for e in self.epochs) * trainer.batch_size
+        """Training images so far, as prepare.Trainer counts them (each batch's real size: the last one is
+        smaller); under DDP every rank trains as many as rank 0, so its count times the ranks is the run's."""
+        return trainer.trained_images * max(trainer.world_size, 1)
 
     def close_batch(self, t):
         """A batch that started but never reached on_train_batch_end (the time stop, an OOM restart)."""

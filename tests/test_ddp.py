@@ -1,0 +1,264 @@
+"""Several GPUs (DEVICE = [0, 1] in train.py), on the CPU.
+
+A real DDP run: tests/cpu_ddp.py makes prepare.Trainer's DDP workers CPU processes joined by gloo (Ultralytics'
+DDP wants CUDA devices), and everything else runs as on GPUs: the harness's launch of torch.distributed.run,
+the GPU data pipeline's shards, each worker's hand-off, the parent's final validation and the summary. What
+only GPUs show (memory per card, the speed-up) comes from `DDP=2 BASE=0 bash tests/bench.sh` on two GPUs."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import prepare
+from conftest import REPO, assert_failed, make_repo, run_train, summary_of
+
+CPU_DDP = f"import sys; sys.path.append({str(REPO / 'tests')!r}); import cpu_ddp"
+TWO_WORKERS = {"CPU_DDP_WORKERS": "2"}
+# After the run, in the parent: best.pt validated independently, as in test_train.py's one-process check.
+REVALIDATE = ("m = YOLO(str(prepare.RUN_DIR / 'weights' / 'best.pt')).val(data=run.data, imgsz=IMGSZ, "
+              "batch=BATCH * 2, device=run.device, plots=False)\nprint(f'revalidated: {m.box.map:.6f}')")
+
+
+def make_ddp_repo(tmp_path, **kwargs):
+    """A copy of the repo whose train.py trains with cpu_ddp.Trainer: prepare.Trainer over CPU_DDP_WORKERS
+    processes."""
+    repo = make_repo(tmp_path, before_train=CPU_DDP, **kwargs)
+    text = (repo / "train.py").read_text()
+    assert "trainer=prepare.Trainer" in text
+    (repo / "train.py").write_text(text.replace("trainer=prepare.Trainer", "trainer=cpu_ddp.Trainer"))
+    return repo
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_data, tmp_path_factory):
+    repo = make_ddp_repo(tmp_path_factory.mktemp("ddp"), after_train=REVALIDATE)
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=5, env=TWO_WORKERS)
+    assert rc == 0, log[-3000:]
+    reports = [json.loads((repo / "run" / f"ddp-rank{rank}.json").read_text()) for rank in (0, 1)]
+    return repo, log, reports
+
+
+def test_a_ddp_run_trains_in_worker_processes_that_hand_back_their_share(ddp_run):
+    _, log, (first, second) = ddp_run
+    assert "DDP: 2 worker processes on device cpu: " in log
+    assert [first["rank"], second["rank"]] == [0, 1]
+    assert log.count("GPU data: 12 training images decoded") == 2  # each worker holds the whole training set
+    assert first["trained_images"] == second["trained_images"] > 0  # and trains on its half of every epoch
+    assert first["epoch"] == second["epoch"]  # every rank took rank 0's estimate of the epochs that fit
+    assert (first["gpu"], first["peak_vram_mb"]) == ("cpu", 0.0)
+    # rank 0 alone carries what the guard checks: the settings the workers used, and their last validation
+    assert "args" not in second and "metrics" not in second
+    assert first["args"]["conf"] is None and first["splits"]["val"].endswith("valid/images")
+    assert prepare.FITNESS_KEY in first["metrics"]
+
+
+def test_a_ddp_run_summary_means_what_a_one_gpu_run_summary_means(ddp_run):
+    repo, log, (first, second) = ddp_run
+    summary = summary_of(log)
+    assert summary["training_seconds"] == f"{first['training_seconds']:.1f}"  # rank 0's clock
+    assert int(summary["epoch"]) == first["epoch"] + 1
+    images = first["trained_images"] + second["trained_images"]  # every rank's images
+    assert float(summary["train_images_per_s"]) == pytest.approx(images / first["training_seconds"], abs=0.06)
+    assert (summary["peak_vram_mb"], summary["device"]) == ("0.0", "cpu")
+    # fitness: best.pt validated by the parent once the workers had exited, as a one-GPU run's final validation
+    parent = log.split("DDP: the workers' last validation")[1]
+    assert f"Validating {repo / 'run' / 'weights' / 'best.pt'}..." in parent
+    again = float(log.split("revalidated: ")[1].split()[0])
+    assert abs(float(summary["fitness"]) - again) <= max(1e-4, 0.02 * again)
+
+
+def test_a_worker_failure_ends_the_log_with_the_workers_own_error_line(tiny_data, tmp_path):
+    repo = make_ddp_repo(tmp_path, call_extra="box=float('nan')")
+    rc, log = run_train(repo, tiny_data / "data.yaml", env=TWO_WORKERS)
+    last = assert_failed(rc, log, "error: loss is nan in epoch 1: the training diverged; lower LR0")
+    assert re.search(r"\(DDP rank [01] of 2\)$", last), last  # not torch.distributed's traceback
+
+
+# Inserted before prepare.finish(model) in a one-process run: the parent's final validation against
+# Ultralytics' own, and the guard on what a worker hands back.
+HANDOFF_CHECK = '''
+import json
+from ultralytics.engine.trainer import BaseTrainer
+from ultralytics.utils.patches import torch_load, torch_save
+from prepare import HarnessError, guard, validate_best, worker_report, worker_view
+# A few seconds of training predict nothing above conf=0.001, so every metric is 0. Raise the class scores in
+# best.pt so that it predicts boxes (all of them too large to match a ship: the metrics stay 0), and compare
+# every prediction's confidence as well as the metrics.
+ckpt = torch_load(model.trainer.best, weights_only=False)
+for branch in (ckpt.get("ema") or ckpt["model"]).model[-1].cv3:
+    branch[-1].bias.data.fill_(2.0)
+torch_save(ckpt, model.trainer.best)
+confidences = {}
+model.trainer.callbacks["on_val_batch_end"].append(lambda v: confidences.update(
+    {id(v): [float(c) for batch in v.metrics.stats["conf"] for c in batch]}))
+BaseTrainer.final_eval(model.trainer)  # Ultralytics' own final validation of a one-GPU run
+ultralytics_final = {k: float(v) for k, v in model.trainer.metrics.items()}
+ultralytics_conf = confidences[id(model.trainer.validator)]
+validate_best(model.trainer)
+parent_final = {k: float(v) for k, v in model.trainer.metrics.items()}
+parent_conf = confidences[id(model.trainer.validator)]
+model.trainer.model = "yolo11n.yaml"  # what a DDP parent holds when the workers built the model from its YAML
+validate_best(model.trainer)
+parent_from_yaml = {k: float(v) for k, v in model.trainer.metrics.items()}
+report = json.loads(json.dumps(worker_report(model.trainer, 0), default=str))  # as the parent reads it
+guard(worker_view(report), run)
+report["args"]["conf"] = 0.5  # as if a callback in the workers had changed it
+try:
+    guard(worker_view(report), run)
+    caught = None
+except HarnessError as e:
+    caught = str(e)
+print("CHECK " + json.dumps({"ultralytics": ultralytics_final, "parent": parent_final,
+                             "parent_from_yaml": parent_from_yaml, "ultralytics_conf": ultralytics_conf,
+                             "parent_conf": parent_conf, "caught": caught}))
+'''
+
+
+@pytest.fixture(scope="module")
+def handoff_run(tiny_data, tmp_path_factory):
+    repo = make_repo(tmp_path_factory.mktemp("handoff"), after_train=HANDOFF_CHECK)
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=5)
+    assert rc == 0, log[-3000:]
+    return log, json.loads(next(line for line in log.splitlines() if line.startswith("CHECK "))[6:])
+
+
+def test_the_parent_validation_is_ultralytics_final_validation(handoff_run):
+    # Under DDP the parent validates best.pt itself: the same numbers as Ultralytics' own, prediction by prediction.
+    log, check = handoff_run
+    assert check["parent"].keys() == check["ultralytics"].keys()
+    assert check["parent_from_yaml"] == check["parent"]
+    for key, value in check["ultralytics"].items():
+        assert check["parent"][key] == pytest.approx(value, abs=1e-9), key
+    assert len(check["parent_conf"]) > 100
+    assert check["parent_conf"] == pytest.approx(check["ultralytics_conf"], abs=1e-6)
+    assert float(summary_of(log)["fitness"]) == pytest.approx(check["parent"][prepare.FITNESS_KEY], abs=1e-6)
+
+
+def test_the_guard_checks_the_settings_the_workers_used(handoff_run):
+    _, check = handoff_run
+    assert check["caught"].startswith("train.py changed what gets evaluated: conf=0.5 (default None)")
+
+
+@pytest.mark.parametrize("device, says", [
+    ("[0, 99]", "error: DEVICE = [0, 99] in train.py: GPU "),          # no such GPU (none at all on CPU)
+    ("'cuda:1'", "error: DEVICE = 'cuda:1' in train.py: use None (GPU 0), a GPU index (1) or a list"),
+    ("[1, 1]", "error: DEVICE = [1, 1] in train.py names a GPU twice"),
+])
+def test_a_device_request_the_machine_cannot_meet_fails_before_anything_is_written(tiny_data, tmp_path,
+                                                                                     device, says):
+    repo = make_repo(tmp_path, knobs={"DEVICE": device})
+    rc, log = run_train(repo, tiny_data / "data.yaml")
+    assert_failed(rc, log, says)
+    assert "dataset:" not in log and "time budget:" not in log  # failed before the dataset checks
+    assert sorted(p.name for p in repo.iterdir()) == ["prepare.py", "run.log", "train.py"]  # no run/
+
+
+def test_device_requests():
+    import torch
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert prepare.pick_device("cpu") == ("cpu", "cpu")
+    assert prepare.pick_device(None)[0] == (0 if gpus else "cpu")
+    for bad in (True, [], [-1], [0.5], "0,1"):
+        with pytest.raises(prepare.HarnessError, match="use None"):
+            prepare.pick_device(bad)
+    with pytest.raises(prepare.HarnessError, match=f"GPU {gpus} does not exist"):
+        prepare.pick_device(list(range(gpus + 1)))
+
+
+def test_a_failed_ddp_run_ends_with_the_worker_error_that_started_it():
+    nan = "loss is nan in epoch 3: the training diverged; lower LR0, or try AMP = False"
+    interrupted = prepare.describe_failure(KeyboardInterrupt())
+    reports = [{"rank": 0, "error": interrupted}, {"rank": 1, "error": nan}]
+    assert prepare.ddp_failure(reports, 1, 2) == f"{nan} (DDP rank 1 of 2)"
+    assert prepare.ddp_failure(reports[:1], 1, 2) == f"{interrupted} (DDP rank 0 of 2)"
+    assert prepare.ddp_failure([], -9, 4).startswith("the DDP workers failed (exit code -9) without an error line")
+
+
+def test_peak_vram_of_a_ddp_run_is_the_largest_per_gpu():
+    reports = [{"rank": 0, "gpu": 0, "peak_vram_mb": 8000.0}, {"rank": 1, "gpu": 1, "peak_vram_mb": 7900.0}]
+    # the parent held 300 MB on GPU 0 while the workers ran; its own validation afterwards peaked at 2000
+    per_gpu = prepare.ddp_peak_vram_mb(reports, {0: 300.0, 1: 0.0}, 0, 2000.0)
+    assert per_gpu == {0: 8300.0, 1: 7900.0}
+    assert prepare.ddp_peak_vram_mb(reports, {}, 0, 9000.0) == {0: 9000.0, 1: 7900.0}
+
+
+def alive(pid):
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_an_interrupted_parent_stops_every_worker_process(tmp_path):
+    # The DDP workers run as one process group: SIGTERM to the parent (`timeout 600 uv run train.py`)
+    # must not leave a worker, or the workers' own dataloader processes, holding a GPU.
+    pidfile = tmp_path / "grandchild.pid"
+    worker = ("import subprocess, sys, time; "
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+              f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(600)")
+    parent = f"import prepare, sys; prepare.run_group([sys.executable, '-c', {worker!r}])"
+    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=prepare.REPO_DIR, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for _ in range(300):
+        if pidfile.exists() and pidfile.read_text():
+            break
+        time.sleep(0.1)
+    grandchild = int(pidfile.read_text())
+    assert alive(grandchild)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert_failed(proc.returncode, out, "error: interrupted")
+    for _ in range(50):
+        if not alive(grandchild):
+            break
+        time.sleep(0.1)
+    assert not alive(grandchild)
+
+
+def test_the_workers_get_the_harness(tiny_data, tmp_path):
+    # Ultralytics sends DDP workers the trainer class by reference (cloudpickle): the state it writes for them,
+    # loaded as its worker script loads it, imports prepare, with its offline settings, patches and error line.
+    # Both halves run in fresh processes: an Ultralytics trainer imports Triton, which test_gpu_data.py needs
+    # to import itself, under Triton's interpreter.
+    launch = f"""
+import prepare
+from ultralytics.utils.dist import generate_ddp_file
+overrides = {{"data": {str(tiny_data / "data.yaml")!r}, "model": "yolo11n.yaml", "device": "cpu",
+             "project": {str(tmp_path)!r}, "name": "ddp"}}
+print(generate_ddp_file(prepare.Trainer(overrides=overrides)))
+"""
+    out = subprocess.run([sys.executable, "-c", launch], cwd=prepare.REPO_DIR, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    file = Path(out.stdout.strip().splitlines()[-1])
+    worker = f"""
+import json, os, sys
+sys.path = {sys.path!r}
+from ultralytics.utils.patches import torch_load  # the worker script's order: Ultralytics, then the state
+state = torch_load({str(file.with_suffix(".pt"))!r}, map_location="cpu")
+import prepare
+import ultralytics.data.dataset as dataset_mod
+import ultralytics.engine.trainer as trainer_mod
+print(json.dumps({{
+    "trainer": state["trainer"] is prepare.Trainer, "prepare": prepare.__file__,
+    "check_amp": trainer_mod.check_amp(None), "excepthook": sys.excepthook is prepare._excepthook,
+    "labels_cache": dataset_mod.save_dataset_cache_file is prepare._save_labels_cache,
+    "env": [os.environ.get(k) for k in ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_CONFIG_DIR")]}}))
+"""
+    try:
+        out = subprocess.run([sys.executable, "-c", worker], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        seen = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        file.unlink()
+        file.with_suffix(".pt").unlink()
+    assert seen == {"trainer": True, "prepare": str(prepare.REPO_DIR / "prepare.py"), "check_amp": True,
+                    "excepthook": True, "labels_cache": True,
+                    "env": ["1", "0", str(prepare.CACHE_DIR / "ultralytics")]}
