@@ -1290,7 +1290,7 @@ def _triton_kernels():
         fx, fy = tu - x0f, tv - y0f
         x0, y0 = x0f.to(tl.int32), y0f.to(tl.int32)
         for c in tl.static_range(3):
-            acc = tl.zeros([BLOCK], tl.float32)
+            acc = fx * 0  # not tl.zeros: a jit function, which the interpreter fails on if Triton loaded without it
             for dy in tl.static_range(2):
                 for dx in tl.static_range(2):
                     xi, yi = x0 + dx, y0 + dy
