@@ -12,6 +12,7 @@ failures to a one-line `error:`; start() checks the dataset before any GPU time 
 finish() validates the honesty of the run and prints the summary that program.md greps.
 """
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -129,12 +130,20 @@ def _configure_ultralytics():
     tqdm_mod.is_noninteractive_console = lambda: not sys.stdout.isatty()
 
 
-def write_atomic(path, data):
-    """Write a file that another process may be reading (two agents share the cache): never half-written."""
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary name beside `path` to write to, moved onto `path` in one step once written: another
+    process reading `path` (two agents share the cache) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    yield tmp
+    if tmp.exists():
+        os.replace(tmp, path)
+
+
+def write_atomic(path, data):
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def labels_cache(path):
@@ -145,12 +154,8 @@ def labels_cache(path):
 
 def _save_labels_cache(prefix, path, x, version):
     from ultralytics.data.utils import save_dataset_cache_file
-    target = labels_cache(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    save_dataset_cache_file(prefix, tmp, x, version)
-    if tmp.exists():
-        os.replace(tmp, target)
+    with atomic_path(labels_cache(path)) as tmp:
+        save_dataset_cache_file(prefix, tmp, x, version)  # writes nothing where the folder is read-only
 
 
 # ---------------------------------------------------------------------------

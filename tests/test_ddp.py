@@ -224,8 +224,7 @@ def test_an_interrupted_parent_stops_every_worker_process(tmp_path):
 def test_the_workers_get_the_harness(tiny_data, tmp_path):
     # Ultralytics sends DDP workers the trainer class by reference (cloudpickle): the state it writes for them,
     # loaded as its worker script loads it, imports prepare, with its offline settings, patches and error line.
-    # Both halves run in fresh processes: an Ultralytics trainer imports Triton, which test_gpu_data.py needs
-    # to import itself, under Triton's interpreter.
+    # Both halves run in fresh processes, as in a real run: the parent writes the state, a worker loads it.
     launch = f"""
 import prepare
 from ultralytics.utils.dist import generate_ddp_file
