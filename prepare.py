@@ -994,8 +994,8 @@ def save_sample_mosaic(data_yaml, out_path, n: int = 12, seed: int = 0, tile: in
 # Each batch is then drawn in two halves. The CPU draws every random choice with Ultralytics' own
 # formulas and moves the boxes in numpy (a few hundred rows). The GPU does the pixels: one Triton kernel
 # does mosaic, affine and flips together, reading each output pixel straight from the decoded images,
-# and a second one mixup and HSV (plain torch does the same on the CPU). Nothing waits for the GPU, and
-# validation stays Ultralytics' own.
+# and a second one mixup and HSV (plain torch does the same on the CPU). The CPU plans the next batch in a
+# thread while the GPU trains on this one; nothing waits for the GPU, and validation stays Ultralytics' own.
 
 PAD = 114                    # Ultralytics' grey for letterbox padding and warp borders
 GPU_SHARE = 0.5              # decoded images go on the GPU while they take at most this share of its free memory
@@ -1257,17 +1257,19 @@ RENDER_BLOCK = 1024  # output pixels per Triton program
 
 
 def render_triton(store, ids, params, s):
-    """render_torch's output (in half precision) from two Triton kernels: warp, then mixup and HSV."""
+    """render_torch's output (in half precision) from two Triton kernels: warp, then mixup and HSV. The
+    images come channels-last (NHWC strides), the layout Ultralytics gives the model on CUDA, so the first
+    convolution needs no layout change."""
     import torch
     import triton
     warp, blend_hsv = _triton_kernels()
     b = len(ids)
     grid = (triton.cdiv(s * s, RENDER_BLOCK), b)
-    warped = torch.empty((b, 3, s, s), dtype=torch.float16, device=store.device)
+    warped = torch.empty((b, s, s, 3), dtype=torch.float16, device=store.device)
     warp[grid](store, ids.contiguous(), params.contiguous(), warped, s, P_COLS, PAD, RENDER_BLOCK)
     out = torch.empty_like(warped)
     blend_hsv[grid](warped, params.contiguous(), out, s, P_COLS, RENDER_BLOCK)
-    return out
+    return out.permute(0, 3, 1, 2)  # [B, 3, S, S] with NHWC strides: .float() / 255 keep them
 
 
 @functools.cache
@@ -1303,7 +1305,7 @@ def _triton_kernels():
                     px = tl.load(tile + (yi * S + xi) * 3 + (2 - c), mask=inside, other=PAD).to(tl.float32)
                     acc += px * (fx if dx else 1 - fx) * (fy if dy else 1 - fy)
             acc = tl.where(on_canvas, acc, PAD)
-            tl.store(out + (b * 3 + c) * (S * S) + p, acc.to(tl.float16), mask=live)
+            tl.store(out + (b * (S * S) + p) * 3 + c, acc.to(tl.float16), mask=live)  # NHWC
 
     @triton.jit
     def blend_hsv(img, choices, out, S: tl.constexpr, NP: tl.constexpr, BLOCK: tl.constexpr):
@@ -1311,16 +1313,16 @@ def _triton_kernels():
         p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         live = p < S * S
         row = choices + b * NP  # this image's params row
-        own = img + b * (3 * S * S) + p
+        own = img + (b * (S * S) + p) * 3  # NHWC, as warp wrote it
         r = tl.load(own, mask=live, other=0).to(tl.float32)
-        g = tl.load(own + S * S, mask=live, other=0).to(tl.float32)
-        bl = tl.load(own + 2 * S * S, mask=live, other=0).to(tl.float32)
+        g = tl.load(own + 1, mask=live, other=0).to(tl.float32)
+        bl = tl.load(own + 2, mask=live, other=0).to(tl.float32)
         ratio = tl.load(row + 20)
         if tl.load(row + 19) > 0:  # MixUp with the partner's warped image
-            mate = img + tl.load(row + 21).to(tl.int64) * (3 * S * S) + p
+            mate = img + (tl.load(row + 21).to(tl.int64) * (S * S) + p) * 3
             r = r * ratio + tl.load(mate, mask=live, other=0).to(tl.float32) * (1 - ratio)
-            g = g * ratio + tl.load(mate + S * S, mask=live, other=0).to(tl.float32) * (1 - ratio)
-            bl = bl * ratio + tl.load(mate + 2 * S * S, mask=live, other=0).to(tl.float32) * (1 - ratio)
+            g = g * ratio + tl.load(mate + 1, mask=live, other=0).to(tl.float32) * (1 - ratio)
+            bl = bl * ratio + tl.load(mate + 2, mask=live, other=0).to(tl.float32) * (1 - ratio)
         # hsv_jitter, pixel by pixel
         mx = tl.maximum(tl.maximum(r, g), bl)
         d = mx - tl.minimum(tl.minimum(r, g), bl)
@@ -1334,7 +1336,7 @@ def _triton_kernels():
             k = 6 * hue + 5 - 2 * c  # n = 5, 3, 1 for r, g, b
             k = k - 6 * tl.floor(k / 6)
             ch = val - val * sat * tl.minimum(tl.maximum(tl.minimum(k, 4 - k), 0), 1)
-            tl.store(out + (b * 3 + c) * (S * S) + p, ch.to(tl.float16), mask=live)
+            tl.store(out + (b * (S * S) + p) * 3 + c, ch.to(tl.float16), mask=live)
     return warp, blend_hsv
 
 
@@ -1353,7 +1355,7 @@ class EpochShard:
 
 class GpuLoader:
     """Stands in for Ultralytics' training DataLoader (the parts its trainer uses): an epoch is a seeded
-    shuffle, split across DDP ranks like DistributedSampler, cut into batches augmented on the GPU."""
+    shuffle, split across DDP ranks like DistributedSampler, cut into equal batches augmented on the GPU."""
     num_workers = 0
     drop_last = False
 
@@ -1368,33 +1370,50 @@ class GpuLoader:
         return math.ceil(self.samples / self.batch_size)
 
     @property
-    def samples(self):  # images per epoch for this rank
-        return math.ceil(len(self.dataset) / self.world_size)
+    def samples(self):  # images per epoch for this rank: whole batches
+        return math.ceil(len(self.dataset) / (self.world_size * self.batch_size)) * self.batch_size
 
     def reset(self):
         pass
 
     def __iter__(self):
         order = self.dataset.index[np.random.default_rng(self.seed + self.epoch).permutation(len(self.dataset))]
-        order = np.resize(order, self.samples * self.world_size)[self.rank::self.world_size]  # pad like DDP
+        # Padded with the epoch's first images to whole batches on every rank, as DistributedSampler pads
+        # ranks: a smaller last batch is a new input shape, and cuDNN spent 3.4 to 4.1 s of the budget
+        # choosing kernels for it (epoch 1's last batch on an H100).
+        order = np.resize(order, self.samples * self.world_size)[self.rank::self.world_size]
         self.epoch += 1
-        # Drawn on the trainer's own stream: about 1 ms of GPU time per 128 images at 640 px (H200), too
-        # little to hide on a side stream, whose cached blocks grew the memory reserve every epoch.
-        for a in range(0, len(order), self.batch_size):
-            yield self.make(order[a:a + self.batch_size])
+        batches = [order[a:a + self.batch_size] for a in range(0, len(order), self.batch_size)]
+        # The CPU half of the next batch is planned in a thread while the GPU trains on this one (the trainer
+        # waits for each step's end; planning in line left the GPU idle 4% of the time). One thread keeps
+        # the draws in order, so a seed gives the same batches. The pixels are drawn on the trainer's own
+        # stream: about 1 ms of GPU time per 128 images at 640 px (H200), too little to hide on a side
+        # stream, whose cached blocks grew the memory reserve every epoch.
+        with ThreadPoolExecutor(1) as planner:
+            ahead = planner.submit(self.plan, batches[0])
+            for i in range(len(batches)):
+                p = ahead.result()
+                if i + 1 < len(batches):
+                    ahead = planner.submit(self.plan, batches[i + 1])
+                yield self.render(p)
 
-    def make(self, idx):
-        """One batch in Ultralytics' format, on the GPU."""
+    def plan(self, idx):
+        """The CPU half of one batch, as tensors ready to copy to the GPU (pinned when there is one)."""
         import torch
-        data, dev = self.dataset, self.dataset.device
-        p = data.plan(idx, self.rng)
+        p = self.dataset.plan(idx, self.rng)
+        out = {k: torch.as_tensor(p[k], dtype=torch.long if k == "tiles" else torch.float32)
+               for k in ("tiles", "params", "batch_idx", "cls", "bboxes")}
+        if self.dataset.device.type == "cuda":
+            out = {k: v.pin_memory() for k, v in out.items()}
+        out["im_file"] = [self.dataset.dataset.im_files[i] for i in idx]
+        return out
 
-        def to_dev(x, dtype):
-            t = torch.as_tensor(x, dtype=dtype)
-            return t.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else t
-        img = data.render(to_dev(p["tiles"], torch.long), to_dev(p["params"], torch.float32))
-        return {"img": img, "batch_idx": to_dev(p["batch_idx"], torch.float32), "cls": to_dev(p["cls"], torch.float32),
-                "bboxes": to_dev(p["bboxes"], torch.float32), "im_file": [data.dataset.im_files[i] for i in idx]}
+    def render(self, p):
+        """One batch in Ultralytics' format, on the GPU: the planned tensors copied over, the pixels drawn."""
+        dev = self.dataset.device
+        b = {k: v if k == "im_file" else v.to(dev, non_blocking=True) for k, v in p.items()}
+        b["img"] = self.dataset.render(b.pop("tiles"), b.pop("params"))
+        return b
 
 # ---------------------------------------------------------------------------
 # Weights and device
@@ -1596,6 +1615,14 @@ def _trainer_class():
                 raise HarnessError(f"loss is {float(self.loss)} in epoch {self.epoch + 1}: the training "
                                    "diverged; lower LR0, or try AMP = False")
             super().optimizer_step()
+
+        def save_model(self):
+            # Ultralytics writes last.pt and best.pt after every epoch, 0.2 s of the budget each time (3% of it
+            # on an H200). Only two can matter here: a new best validation, and the end (nothing resumes a
+            # 5-minute run).
+            if self.stop or (self.fitness is not None and self.fitness == self.best_fitness):
+                return super().save_model()
+            return False
 
         def final_eval(self):
             self.training_seconds = time.time() - self.train_time_start

@@ -38,6 +38,8 @@ set -euo pipefail
 PY=${PYTHON:-uv run --project "$PWD" python}  # the runs cd into copies of the repo
 OUT=${OUT:-bench-out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)   # absolute: the runs write their profiles from elsewhere
+WORK=$(mktemp -d /tmp/bench-XXXXXX)          # the runs' copies of the repo: this call's own, so two benches
+                                             # at once (two trees, one per GPU) never share a run folder
 export PYTHONUNBUFFERED=1
 cache=${AUTORESEARCH_CACHE:-$HOME/.cache/autoresearch-ships}
 CEILING_KNOBS='^(MODEL|IMGSZ|BATCH|NBS|AMP|OPTIMIZER|DETERMINISTIC) '  # what the ceiling reads
@@ -74,7 +76,7 @@ if [ -n "${EDIT:-}" ]; then variants+=("${LABEL:-edit}"); fi
 edit_of() { if [ "$1" = base ]; then echo ""; else echo "$EDIT"; fi; }
 prefix_of() { if [ "$1" = base ]; then echo ""; else echo "$1-"; fi; }
 ceiling_of() {  # $1: variant -> its ceiling JSON (the base's when the ceiling knobs are the same)
-  local edited=/tmp/bench-knobs-$1
+  local edited=$WORK/knobs-$1
   copy "$edited" -e "$(edit_of "$1")"
   if [ "$1" != base ] && [ "${BASE:-1}" != 0 ] && \
      [ "$(grep -E "$CEILING_KNOBS" "$edited/train.py")" = "$(grep -E "$CEILING_KNOBS" train.py)" ]; then
@@ -91,7 +93,7 @@ for v in "${variants[@]}"; do
   if [ ! -s "$json" ]; then
     status "ceiling $v"
     # shellcheck disable=SC2086  # CEILING_ARGS is a list of flags
-    timeout "${CEILING_TIMEOUT:-420}" $PY tests/bench_ceiling.py --train "/tmp/bench-knobs-$v/train.py" \
+    timeout "${CEILING_TIMEOUT:-420}" $PY tests/bench_ceiling.py --train "$WORK/knobs-$v/train.py" \
       --out "$json" ${CEILING_ARGS:-} > "${json%.json}.log" 2>&1 || true
   fi
   $PY tests/bench_profile.py ceiling "$(basename "${json%.json}")" "$json" | tee -a "$OUT/table.txt" \
@@ -156,8 +158,8 @@ runs_of() {  # $1: variant -> one line per run: label seed repeat (REPEAT applie
 labels=() dirs=()
 for v in "${variants[@]}"; do
   while read -r label seed r; do
-    profiled_copy "/tmp/bench-$label" -e "s/^SEED = 0/SEED = $seed/" -e "$(edit_of "$v")"
-    labels+=("$label") dirs+=("/tmp/bench-$label")
+    profiled_copy "$WORK/$label" -e "s/^SEED = 0/SEED = $seed/" -e "$(edit_of "$v")"
+    labels+=("$label") dirs+=("$WORK/$label")
   done < <(runs_of "$v")
 done
 gpus=(${GPUS:-0})
@@ -190,21 +192,21 @@ done
 
 # 4. Optional: the same train.py with a longer budget.
 if [ -n "${LONG:-}" ]; then
-  profiled_copy "/tmp/bench-long" ""
-  sed -i "s/^TIME_BUDGET = 300 /TIME_BUDGET = $LONG /" /tmp/bench-long/prepare.py
-  train_one "run$LONG" /tmp/bench-long 0
+  profiled_copy "$WORK/long" ""
+  sed -i "s/^TIME_BUDGET = 300 /TIME_BUDGET = $LONG /" $WORK/long/prepare.py
+  train_one "run$LONG" $WORK/long 0
   report_one "run$LONG" "$OUT/ceiling-base.json"
 fi
 
 # 5. Optional: the faults that need a GPU.
 if [ -n "${FAULTS:-}" ]; then
   status "faults"
-  copy /tmp/bench-oom -e 's/^MODEL = .*/MODEL = "yolo11x.yaml"/' -e 's/^IMGSZ = 640/IMGSZ = 1280/' \
+  copy $WORK/oom -e 's/^MODEL = .*/MODEL = "yolo11x.yaml"/' -e 's/^IMGSZ = 640/IMGSZ = 1280/' \
     -e 's/^BATCH = 32 /BATCH = 512 /' -e 's/^WORKERS = 8 /WORKERS = 2 /'
-  (cd /tmp/bench-oom && $PY train.py) > "$OUT/oom.log" 2>&1 || true
+  (cd $WORK/oom && $PY train.py) > "$OUT/oom.log" 2>&1 || true
   row "out of memory: last line" "$(tail -1 "$OUT/oom.log")"
-  for i in 1 2; do copy "/tmp/bench-agent$i" ""; done
-  for i in 1 2; do (cd "/tmp/bench-agent$i" && AUTORESEARCH_TIME_BUDGET=60 $PY train.py > "$OUT/agent$i.log" 2>&1) & done
+  for i in 1 2; do copy "$WORK/agent$i" ""; done
+  for i in 1 2; do (cd "$WORK/agent$i" && AUTORESEARCH_TIME_BUDGET=60 $PY train.py > "$OUT/agent$i.log" 2>&1) & done
   wait
   for i in 1 2; do
     row "agent$i of 2 at once: run_dir, fitness" "$(summary "$OUT/agent$i.log" run_dir), $(summary "$OUT/agent$i.log" fitness)"

@@ -32,12 +32,13 @@ import prepare  # noqa: E402  first: YOLO_OFFLINE=1, YOLO_AUTOINSTALL=0, our set
 # ---------------------------------------------------------------------------
 
 WARMUP_ITERS = 15       # cuDNN algorithm picks, allocator growth, lazy loss init: not timed
-TIMED_ITERS = 60        # batches timed per layout (rounded up to whole accumulation cycles)
+TIMED_ITERS = 200       # batches timed per layout (rounded up to whole accumulation cycles): 60 left
+                        # layouts that run the same kernels 3 to 8% apart
 BOXES_PER_IMAGE = 12    # mean ships per training image (a mosaic of 4 images holds a dozen or so);
                         # the loss's target assigner scales with the most boxes in any image
-# contiguous: NCHW everywhere; channels_last: model and images NHWC; channels_last_model: what
-# Ultralytics' trainer does on CUDA (channels_last=None): model NHWC, images NCHW as the loader gives
-# them; compile: NHWC and torch.compile (only with --compile)
+# contiguous: NCHW everywhere; channels_last: model and images NHWC (GPU_DATA = True); channels_last_model:
+# model NHWC as Ultralytics' trainer sets it on CUDA, images NCHW as its CPU loader gives them;
+# compile: NHWC and torch.compile (only with --compile)
 LAYOUTS = ("contiguous", "channels_last", "channels_last_model")
 DEFAULTS = {"MODEL": "yolo11n.pt", "IMGSZ": 640, "BATCH": 16, "NBS": 64, "AMP": True,
             "OPTIMIZER": "SGD", "LR0": 0.01, "MOMENTUM": 0.937, "WEIGHT_DECAY": 0.0005,

@@ -18,8 +18,9 @@ Usage:
 What it records (seconds, from time.time(); on CUDA after torch.cuda.synchronize(), so a step's GPU
 work lands in the step and not in the next data wait; BENCH_PROFILE_SYNC=0 turns the syncs off):
 - per epoch: data waits (previous batch's end, or the epoch's start, to the next batch's start),
-  steps (batch start to batch end: forward, loss, backward, optimizer step when due, logging),
-  validation (trainer.validate), checkpoint saves (trainer.save_model), the whole epoch;
+  steps (batch start to batch end: forward, loss, backward, optimizer step when due, logging), the
+  first batch's step, validation (trainer.validate), checkpoint saves (trainer.save_model and whether
+  one was written), the whole epoch;
 - moments relative to prepare.T0 (total_seconds counts from there): pretrain routine start and end,
   the clock start (trainer.train_time_start), final_eval start and end (inside it the validation loop
   of best.pt, on_val_start to on_val_end, timed apart), on_train_end, and atexit (after the summary).
@@ -90,8 +91,11 @@ class Profile:
     def close_batch(self, t):
         """A batch that started but never reached on_train_batch_end (the time stop, an OOM restart)."""
         if self.batch_start is not None and self.epochs:
-            self.epochs[-1]["step_s"] += t - self.batch_start
-            self.epochs[-1]["batches"] += 1
+            e = self.epochs[-1]
+            if not e["batches"]:  # the run's first batch pays for cuDNN's kernel choice (epoch 1 row)
+                e["first_step_s"] = t - self.batch_start
+            e["step_s"] += t - self.batch_start
+            e["batches"] += 1
             self.batch_start = None
 
     # -- trainer callbacks --
@@ -114,7 +118,7 @@ class Profile:
         self.close_batch(t)
         self.epochs.append({"epoch": trainer.epoch + 1, "start": t, "images0": self.images_so_far(trainer),
                             "batches": 0, "wait_s": 0.0, "wait_max_s": 0.0, "stalls": 0, "step_s": 0.0,
-                            "val_s": 0.0, "save_s": 0.0})
+                            "val_s": 0.0, "save_s": 0.0, "saved": False})
         self.last_end = t
 
     def on_train_batch_start(self, trainer):
@@ -143,6 +147,10 @@ class Profile:
     def on_val_end(self, validator):
         if self.in_final:  # per-epoch validations are timed whole by the trainer.validate wrapper
             self.final_val_s += self.now() - self.val_start
+
+    def on_model_save(self, trainer):  # a checkpoint written (prepare.Trainer skips those that cannot matter)
+        if self.epochs:
+            self.epochs[-1]["saved"] = True
 
     def on_fit_epoch_end(self, trainer):
         if not self.in_final and self.epochs:  # final_eval calls it once more: not an epoch
@@ -194,7 +202,7 @@ class Profile:
                 "batches": sum(e["batches"] for e in self.epochs),
                 "stalls": sum(e["stalls"] for e in self.epochs),
                 "images": sum(e.get("images", 0) for e in self.epochs),
-                "saves": sum(e["save_s"] > 0 for e in self.epochs),
+                "saves": sum(e["saved"] for e in self.epochs),
                 "validations": sum(e["val_s"] > 0 for e in self.epochs),
                 "steady_epochs": [e["epoch"] for e in steady],
                 "steady_img_per_s": images / (step + wait) if step + wait > 0 else 0.0,
@@ -225,7 +233,7 @@ def attach(model, out=None):
     profile = Profile(out or os.environ.get("BENCH_PROFILE_OUT", DEFAULT_OUT))
     for event in ("on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_start",
                   "on_train_epoch_start", "on_train_batch_start", "on_train_batch_end", "on_train_epoch_end",
-                  "on_val_start", "on_val_end", "on_fit_epoch_end", "on_train_end"):
+                  "on_val_start", "on_val_end", "on_model_save", "on_fit_epoch_end", "on_train_end"):
         model.add_callback(event, getattr(profile, event))
     atexit.register(profile.at_exit)  # after prepare.finish() printed the summary: the exit's share
     return profile
@@ -273,6 +281,10 @@ def report(label, log, profile, ceiling=None, wall=None, smi=None, idle=None):
     epochs = "-".join(map(str, sorted(set(t["steady_epochs"][:1] + t["steady_epochs"][-1:]))))
     row(label, f"steady img/s (epochs {epochs}, steps + waits)", f"{t['steady_img_per_s']:.1f}{ratio}")
     row(label, "steady img/s counting steps only", f"{t['steady_step_img_per_s']:.1f}{step_ratio}")
+    first, later = p["epochs"][0], [e["step_s"] for e in p["epochs"][1:-1]]  # the last epoch may be cut short
+    if "first_step_s" in first and later:
+        row(label, "epoch 1 in steps (s; its first batch; later epochs' mean)",
+            f"{first['step_s']:.1f}; {first['first_step_s']:.1f}; {statistics.mean(later):.1f}")
     # 3. where the training clock went
     train_s = t["training_s"]
     row(label, "training clock, profiled (s)", f"{train_s:.1f} (summary: {summary.get('training_seconds', '?')})")

@@ -50,6 +50,7 @@ def test_profile_accounts_for_the_training_clock(profiled_run):
     assert abs(t["training_s"] - training) < SLACK_S  # same clock as the harness
     assert t["steady_img_per_s"] > 0
     assert t["val_s"] > 0 and t["save_s"] > 0  # at least the last epoch validates and saves
+    assert t["validations"] == t["saves"] == 1  # VAL = False: only the last epoch does either
 
 
 def test_profile_marks_the_moments_in_order(profiled_run):

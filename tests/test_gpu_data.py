@@ -6,6 +6,7 @@ refused, and a real run with it on and off. On CPU here; the same code runs on t
 
 import random
 import sys
+import threading
 from copy import copy
 from pathlib import Path
 
@@ -141,18 +142,33 @@ def test_the_triton_renderer_draws_what_the_torch_renderer_draws(stats_data, kno
         prepare._triton_kernels.cache_clear()
     torch_ = prepare.render_torch(gpu.images, tiles, params, IMGSZ)
     assert triton.dtype == torch.float16 and triton.shape == torch_.shape == (12, 3, IMGSZ, IMGSZ)
+    # channels-last, like the model on CUDA, and still so after the trainer's preprocess
+    assert (triton.float() / 255).is_contiguous(memory_format=torch.channels_last)
     diff = (triton.float() - torch_).abs()
     assert diff.mean() < 0.05  # half precision rounds 0..255 to 1/8 at most
     assert (diff > 1).float().mean() < 0.001  # a pixel on a tile seam may fall to the other side
 
 
-def test_ddp_ranks_split_each_epoch_like_distributed_sampler(stats_data):
+def test_batches_are_planned_off_the_training_thread_in_seed_order(stats_data):
+    _, gpu = build(cfg(), stats_data)
+    planners, plan = [], gpu.plan
+    gpu.plan = lambda idx, rng: planners.append(threading.current_thread()) or plan(idx, rng)
+    epochs = [[b["im_file"] + [b["bboxes"]] for b in prepare.GpuLoader(gpu, 16, seed=0)] for _ in range(2)]
+    assert len(planners) == 2 * 4  # one plan per batch, none wasted past an epoch's end
+    assert threading.current_thread() not in planners
+    for a, b in zip(*epochs):  # a seed draws the same batches every time
+        assert a[:-1] == b[:-1] and torch.equal(a[-1], b[-1])
+
+
+def test_ddp_ranks_split_each_epoch_into_whole_batches(stats_data):
     _, gpu = build(cfg(), stats_data)
     seen = []
-    for rank in (0, 1):
+    for rank in (0, 1):  # 60 images, 2 ranks of 5 batches of 7: the first 10 again to fill the last batches
         loader = prepare.GpuLoader(gpu, 7, seed=0, rank=rank, world_size=2)
-        assert len(loader.sampler) == 30 and len(loader) == 5
-        seen.append([f for b in loader for f in b["im_file"]])
+        assert len(loader.sampler) == 35 and len(loader) == 5
+        batches = [b["im_file"] for b in loader]
+        assert [len(b) for b in batches] == [7] * 5  # one input shape: cuDNN picks kernels once
+        seen.append([f for b in batches for f in b])
     assert not set(seen[0]) & set(seen[1])
     assert set(seen[0]) | set(seen[1]) == set(gpu.dataset.im_files)
 

@@ -164,6 +164,16 @@ def test_the_metric_is_the_validation_of_the_final_weights(tiny_data, tmp_path):
     assert abs(float(summary_of(log)["fitness"]) - again) <= max(1e-4, 0.02 * again)
 
 
+def test_checkpoints_are_written_only_for_a_new_best_or_at_the_end(tiny_data, tmp_path):
+    count_saves = "model.add_callback('on_model_save', lambda t: print(f'saved after epoch {t.epoch + 1}'))"
+    repo = make_repo(tmp_path, before_train=count_saves)
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=3)
+    assert rc == 0, log[-3000:]
+    epochs = int(summary_of(log)["epoch"])
+    assert epochs >= 2 and log.count("saved after epoch") == 1  # VAL = False: the last epoch only
+    assert f"saved after epoch {epochs}" in log
+
+
 def test_with_val_every_epoch_best_pt_is_validated_again_when_it_is_not_the_last(tiny_data, tmp_path):
     repo = make_repo(tmp_path, knobs={"VAL": "True"}, call_extra="patience=1000")
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=3)
