@@ -1117,7 +1117,7 @@ class GpuDataset:
             raise HarnessError(f"no training image could be decoded ({dataset.im_files[0]}, ...); check the dataset")
         if device.type == "cuda":  # compile the Triton kernels now, before the training clock starts
             p = self.plan(self.index[:1], np.random.default_rng(0))
-            self.render(torch.as_tensor(p["tiles"], device=device), torch.as_tensor(p["params"], device=device))
+            self.render(torch.as_tensor(p["tiles"]), torch.as_tensor(p["params"]))
         where = "GPU" if self.images.device.type == "cuda" else "host memory"
         print(f"GPU data: {len(self)} training images decoded in {time.time() - t:.1f} s, "
               f"{self.images.numel() / 2**30:.1f} GB in {where}")
@@ -1190,15 +1190,17 @@ class GpuDataset:
         return dict(tiles=tiles, params=params, batch_idx=sample[order], cls=cls[order], bboxes=xywhn[order])
 
     def render(self, tiles, params):
-        """The GPU half of a batch: [B, 3, S, S] RGB images in 0..255 (half precision on the GPU), as
-        Ultralytics' pipeline would draw them for these choices."""
+        """The GPU half of a batch, from plan()'s tiles and params as CPU tensors: [B, 3, S, S] RGB images in
+        0..255 (half precision on the GPU), as Ultralytics' pipeline would draw them for these choices."""
         import torch
-        store, ids = self.images, tiles
-        if store.device != self.device:  # kept in host memory: bring this batch's tiles over
-            store = store[tiles.cpu().view(-1)].to(self.device, non_blocking=True)
-            ids = torch.arange(len(store), device=self.device).view(-1, 4)
-        draw = render_triton if self.device.type == "cuda" else render_torch
-        return draw(store, ids, params, self.imgsz)
+        dev = self.device
+        if self.images.device == dev:
+            store, ids = self.images, tiles.to(dev, non_blocking=True)
+        else:  # kept in host memory: bring this batch's tiles over
+            store = self.images[tiles.view(-1)].to(dev, non_blocking=True)
+            ids = torch.arange(len(store), device=dev).view(-1, 4)
+        draw = render_triton if dev.type == "cuda" else render_torch
+        return draw(store, ids, params.to(dev, non_blocking=True), self.imgsz)
 
 
 # Where params' columns are (GpuDataset.plan writes them, both renderers read them).
@@ -1411,9 +1413,8 @@ class GpuLoader:
     def render(self, p):
         """One batch in Ultralytics' format, on the GPU: the planned tensors copied over, the pixels drawn."""
         dev = self.dataset.device
-        b = {k: v if k == "im_file" else v.to(dev, non_blocking=True) for k, v in p.items()}
-        b["img"] = self.dataset.render(b.pop("tiles"), b.pop("params"))
-        return b
+        b = {k: p[k].to(dev, non_blocking=True) for k in ("batch_idx", "cls", "bboxes")}
+        return {"img": self.dataset.render(p["tiles"], p["params"]), **b, "im_file": p["im_file"]}
 
 # ---------------------------------------------------------------------------
 # Weights and device
@@ -1616,11 +1617,14 @@ def _trainer_class():
                                    "diverged; lower LR0, or try AMP = False")
             super().optimizer_step()
 
+        def last_validation_is_best(self):
+            return self.fitness is not None and self.fitness == self.best_fitness
+
         def save_model(self):
             # Ultralytics writes last.pt and best.pt after every epoch, 0.2 s of the budget each time (3% of it
             # on an H200). Only two can matter here: a new best validation, and the end (nothing resumes a
             # 5-minute run).
-            if self.stop or (self.fitness is not None and self.fitness == self.best_fitness):
+            if self.stop or self.last_validation_is_best():
                 return super().save_model()
             return False
 
@@ -1630,7 +1634,7 @@ def _trainer_class():
             if rank >= 0:  # a DDP worker: the parent validates best.pt itself (train_ddp); hand it the rest
                 write_handoff(rank, worker_report(self, rank))
                 return
-            if self.fitness is not None and self.fitness == self.best_fitness and FITNESS_KEY in self.metrics:
+            if self.last_validation_is_best() and FITNESS_KEY in self.metrics:
                 # best.pt holds the very weights the last validation just measured (always so with
                 # val=False): Ultralytics would validate them again, 20 s for the same number.
                 print(f"final validation: best.pt is epoch {self.epoch + 1}, validated above")
