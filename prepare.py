@@ -1115,10 +1115,13 @@ class GpuDataset:
             warn(f"{dataset.im_files[i]} cannot be decoded: training goes on without it")
         if not len(self.index):
             raise HarnessError(f"no training image could be decoded ({dataset.im_files[0]}, ...); check the dataset")
+        # Images that did not fit on the GPU: each batch's tiles are gathered and copied over (fetch).
+        self.gather = self.images.device != device
+        self.copy_stream = torch.cuda.Stream(device) if self.gather else None
         if device.type == "cuda":  # compile the Triton kernels now, before the training clock starts
             p = self.plan(self.index[:1], np.random.default_rng(0))
             self.render(torch.as_tensor(p["tiles"]), torch.as_tensor(p["params"]))
-        where = "GPU" if self.images.device.type == "cuda" else "host memory"
+        where = "host memory" if self.gather else "GPU" if device.type == "cuda" else "memory"
         print(f"GPU data: {len(self)} training images decoded in {time.time() - t:.1f} s, "
               f"{self.images.numel() / 2**30:.1f} GB in {where}")
 
@@ -1185,22 +1188,43 @@ class GpuDataset:
         cls, after = np.concatenate([cls, cls[extra[1]]]), np.concatenate([after, after[extra[1]]])
         xywhn = np.concatenate([(after[:, :2] + after[:, 2:]) / 2, after[:, 2:] - after[:, :2]], 1) / s
         order = np.argsort(sample, kind="stable")
+        tiles[~mosaic, 1:] = tiles[~mosaic, :1]  # never read for a plain image: fetch() then copies one tile
         params = np.concatenate([minv.reshape(b, 9), xc[:, None], yc[:, None], ox, oy, mix[:, None],  # P_* columns
                                  ratio[:, None], partner[:, None], r], 1).astype(np.float32)
         return dict(tiles=tiles, params=params, batch_idx=sample[order], cls=cls[order], bboxes=xywhn[order])
 
-    def render(self, tiles, params):
-        """The GPU half of a batch, from plan()'s tiles and params as CPU tensors: [B, 3, S, S] RGB images in
-        0..255 (half precision on the GPU), as Ultralytics' pipeline would draw them for these choices."""
+    def fetch(self, tiles):
+        """Where render() reads a batch's tiles from, given plan()'s as a CPU tensor: (store, ids [B, 4] into
+        it, a CUDA event to wait for or None). Images kept in host memory: the batch's distinct tiles, gathered
+        into pinned memory and copied over on a side stream. GpuLoader calls this in its planning thread, so
+        the gather (tens of ms) and the copy overlap the training step; in line they took 0.9 s a batch."""
         import torch
         dev = self.device
-        if self.images.device == dev:
-            store, ids = self.images, tiles.to(dev, non_blocking=True)
-        else:  # kept in host memory: bring this batch's tiles over
-            store = self.images[tiles.view(-1)].to(dev, non_blocking=True)
-            ids = torch.arange(len(store), device=dev).view(-1, 4)
-        draw = render_triton if dev.type == "cuda" else render_torch
-        return draw(store, ids, params.to(dev, non_blocking=True), self.imgsz)
+        if not self.gather:
+            return self.images, tiles.to(dev, non_blocking=True), None
+        uniq, ids = torch.unique(tiles, return_inverse=True)
+        host = torch.empty((len(uniq), *self.images.shape[1:]), dtype=torch.uint8, pin_memory=dev.type == "cuda")
+        torch.index_select(self.images, 0, uniq, out=host)  # into a buffer: ten times faster than images[uniq]
+        if dev.type != "cuda":
+            return host, ids, None
+        with torch.cuda.stream(self.copy_stream):
+            store, ids = host.to(dev, non_blocking=True), ids.to(dev, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+        return store, ids, ready
+
+    def render(self, tiles, params):
+        """The GPU half of a batch, from plan()'s tiles (a CPU tensor, or what fetch() made of it) and params
+        (a CPU tensor): [B, 3, S, S] RGB images in 0..255 (half precision on the GPU), as Ultralytics'
+        pipeline would draw them for these choices."""
+        import torch
+        store, ids, ready = self.fetch(tiles) if torch.is_tensor(tiles) else tiles
+        if ready is not None:  # copied on the side stream: wait for it, and keep its memory until drawn
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(ready)
+            store.record_stream(stream), ids.record_stream(stream)
+        draw = render_triton if self.device.type == "cuda" else render_torch
+        return draw(store, ids, params.to(self.device, non_blocking=True), self.imgsz)
 
 
 # Where params' columns are (GpuDataset.plan writes them, both renderers read them).
@@ -1386,18 +1410,23 @@ class GpuLoader:
         order = np.resize(order, self.samples * self.world_size)[self.rank::self.world_size]
         self.epoch += 1
         batches = [order[a:a + self.batch_size] for a in range(0, len(order), self.batch_size)]
-        # The CPU half of the next batch is planned in a thread while the GPU trains on this one (the trainer
-        # waits for each step's end; planning in line left the GPU idle 4% of the time). One thread keeps
-        # the draws in order, so a seed gives the same batches. The pixels are drawn on the trainer's own
-        # stream: about 1 ms of GPU time per 128 images at 640 px (H200), too little to hide on a side
-        # stream, whose cached blocks grew the memory reserve every epoch.
+        # When the trainer takes a batch, the next one is drawn and the one after that planned:
+        # - planned in a thread, the CPU half (the trainer waits for each step's end; planning in line left
+        #   the GPU idle 4% of the time). One thread keeps the draws in order: a seed gives the same batches.
+        # - drawn one batch ahead, on the trainer's own stream: the GPU draws the next batch (about 1 ms per
+        #   128 images at 640 px) while the CPU, just back from the trainer's per-batch sync, launches this
+        #   one's forward pass. A side stream's cached blocks grew the memory reserve every epoch.
         with ThreadPoolExecutor(1) as planner:
             ahead = planner.submit(self.plan, batches[0])
+            drawn = None
             for i in range(len(batches)):
                 p = ahead.result()
                 if i + 1 < len(batches):
                     ahead = planner.submit(self.plan, batches[i + 1])
-                yield self.render(p)
+                drawn, done = self.render(p), drawn
+                if done is not None:
+                    yield done
+            yield drawn
 
     def plan(self, idx):
         """The CPU half of one batch, as tensors ready to copy to the GPU (pinned when there is one)."""
@@ -1407,6 +1436,8 @@ class GpuLoader:
                for k in ("tiles", "params", "batch_idx", "cls", "bboxes")}
         if self.dataset.device.type == "cuda":
             out = {k: v.pin_memory() for k, v in out.items()}
+        if self.dataset.gather:  # images in host memory: this batch's tiles, on their way to the GPU
+            out["tiles"] = self.dataset.fetch(out["tiles"])
         out["im_file"] = [self.dataset.dataset.im_files[i] for i in idx]
         return out
 
@@ -1612,10 +1643,12 @@ def _trainer_class():
             return super()._get_warmup_iterations(num_batches)
 
         def optimizer_step(self):
-            if not bool(self.loss.isfinite()):  # stop early, as karpathy's does
+            super().optimizer_step()
+            # Stop early, as karpathy's does. Checked after the step, next to the trainer's own per-batch sync:
+            # before it, the wait for the backward pass left the GPU idle while the step's kernels were launched.
+            if not bool(self.loss.isfinite()):
                 raise HarnessError(f"loss is {float(self.loss)} in epoch {self.epoch + 1}: the training "
                                    "diverged; lower LR0, or try AMP = False")
-            super().optimizer_step()
 
         def last_validation_is_best(self):
             return self.fitness is not None and self.fitness == self.best_fitness

@@ -77,3 +77,21 @@ def test_report_prints_rows_with_units(profiled_run, tmp_path):
                             str(tmp_path / "run.log"), str(tmp_path / "run.log"), str(tmp_path / "missing.log")],
                            capture_output=True, text=True, timeout=60)
     assert "2 runs, 1 failed" in noise.stdout and "0.0000 / 0.0000" in noise.stdout, noise.stdout
+
+
+def test_report_divides_by_the_fastest_ceiling_measured(profiled_run, tmp_path):
+    """bench.sh measures the ceiling before and after the runs; a busy host only ever slows it down."""
+    profile, _, log, out = profiled_run
+    (tmp_path / "run.log").write_text(log)
+    ceilings = []
+    for name, img_per_s in (("before", 400.0), ("after", 200.0), ("missing", None)):
+        path = tmp_path / f"{name}.json"
+        if img_per_s:
+            path.write_text(json.dumps({"best_img_per_s": img_per_s, "best_layout": "channels_last"}))
+        ceilings += ["--ceiling", str(path)]
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "bench_profile.py"), "report", "cpu",
+                           "--log", str(tmp_path / "run.log"), "--profile", str(out), *ceilings],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    share = 100 * profile["totals"]["steady_img_per_s"] / 400
+    assert f"= {share:.1f}% of ceiling (channels_last 400 img/s, the faster of 2;" in proc.stdout, proc.stdout

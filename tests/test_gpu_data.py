@@ -160,6 +160,18 @@ def test_batches_are_planned_off_the_training_thread_in_seed_order(stats_data):
         assert a[:-1] == b[:-1] and torch.equal(a[-1], b[-1])
 
 
+def test_images_kept_in_host_memory_give_the_same_batches(stats_data):
+    """Images that do not fit on the GPU stay in host memory: each batch's distinct tiles travel instead."""
+    _, gpu = build(cfg(mosaic=0.5), stats_data)
+    on_device = [b["img"] for b in prepare.GpuLoader(gpu, 16, seed=0)]
+    gpu.gather = True  # what a GPU too small for the images sets (the copy itself needs CUDA)
+    gathered = [b["img"] for b in prepare.GpuLoader(gpu, 16, seed=0)]
+    assert len(gathered) == 4 and all(torch.equal(a, b) for a, b in zip(on_device, gathered))
+    gpu.close_mosaic(cfg())
+    store, ids, _ = gpu.fetch(torch.as_tensor(gpu.plan(gpu.index[:16], np.random.default_rng(0))["tiles"]))
+    assert len(store) == 16 and ids.shape == (16, 4)  # a plain image brings one tile, not four
+
+
 def test_ddp_ranks_split_each_epoch_into_whole_batches(stats_data):
     _, gpu = build(cfg(), stats_data)
     seen = []
