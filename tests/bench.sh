@@ -6,7 +6,7 @@
 # (default ./bench-out).
 #
 # Usage (repo root, GPU machine):
-#   bash tests/bench.sh                 # ceiling, generation, checks, one default run (SEED = 0): ~7.5 min
+#   bash tests/bench.sh                 # ceiling, generation, checks, one default run (SEED = 0): ~8 min
 #   SEEDS="0 1 2" bash tests/bench.sh   # one default run per seed: the noise between seeds
 #   REPEAT=3 bash tests/bench.sh        # the first seed of SEEDS 3 times: the noise of one seed
 #   EDIT='s/^GPU_DATA = True/GPU_DATA = False/' LABEL=nogpudata bash tests/bench.sh
@@ -23,17 +23,18 @@
 # PYTHON defaults to the uv environment; the lent GPU machine uses PYTHON=python3 with carried wheels.
 #
 # One default run takes about 5.7 min (the 300 s budget, ~40 s outside it); the default bench about
-# 7.5 min. More runs outlast a 10-minute device command: either spread them over the cards of a
-# multi-GPU machine in one command (throughput rows of parallel runs share the host's CPUs and disk:
-# take those from a solo run), e.g. the five noise runs on nvidia-h100-x8:
+# 8 min (the ceiling is measured again after the runs). More runs outlast a 10-minute device command:
+# either spread them over the cards of a multi-GPU machine in one command (throughput rows of parallel
+# runs share the host's CPUs and disk: take those from a solo run), e.g. the five noise runs on nvidia-h100-x8:
 #   GPUS="0 1 2 3 4" SEEDS="0 1 2" REPEAT=3 PYTHON=python3 bash tests/bench.sh
 # or start them detached, in a folder that outlives the command, and collect in later calls; the
 # same command again resumes (runs whose log has a summary are reported, not rerun):
 #   mkdir -p /tmp/bench-out; OUT=/tmp/bench-out SEEDS="0 1 2" REPEAT=3 PYTHON=python3 \
 #     setsid nohup bash tests/bench.sh > /tmp/bench-out/bench.log 2>&1 < /dev/null &
 #   cat /tmp/bench-out/status; cp -r /tmp/bench-out/. "$OUT"/   # later: progress, then the files back
-# Files in $OUT: table.txt, status, ceiling-*.json/.log (-after: measured again after the runs), and per run LABEL.log (train.py's output),
-# LABEL.profile.json (tests/bench_profile.py), LABEL.smi/.idle (nvidia-smi MiB), LABEL.wall (start, end).
+# Files in $OUT: table.txt, status, ceiling-*.json/.log (-after: measured again after the runs), and per
+# run LABEL.log (train.py's output), LABEL.profile.json (tests/bench_profile.py), LABEL.smi/.idle
+# (nvidia-smi MiB), LABEL.wall (start, end).
 set -euo pipefail
 PY=${PYTHON:-uv run --project "$PWD" python}  # the runs cd into copies of the repo
 OUT=${OUT:-bench-out}
