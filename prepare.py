@@ -994,8 +994,9 @@ def save_sample_mosaic(data_yaml, out_path, n: int = 12, seed: int = 0, tile: in
 # Each batch is then drawn in two halves. The CPU draws every random choice with Ultralytics' own
 # formulas and moves the boxes in numpy (a few hundred rows). The GPU does the pixels: one Triton kernel
 # does mosaic, affine and flips together, reading each output pixel straight from the decoded images,
-# and a second one mixup and HSV (plain torch does the same on the CPU). The CPU plans the next batch in a
-# thread while the GPU trains on this one; nothing waits for the GPU, and validation stays Ultralytics' own.
+# and a second one mixup and HSV (plain torch does the same on the CPU). While the GPU trains on one batch,
+# a thread plans the batch after next and the GPU has the next one drawn; nothing waits for the GPU, and
+# validation stays Ultralytics' own.
 
 PAD = 114                    # Ultralytics' grey for letterbox padding and warp borders
 GPU_SHARE = 0.5              # decoded images go on the GPU while they take at most this share of its free memory
@@ -1222,7 +1223,8 @@ class GpuDataset:
         if ready is not None:  # copied on the side stream: wait for it, and keep its memory until drawn
             stream = torch.cuda.current_stream(self.device)
             stream.wait_event(ready)
-            store.record_stream(stream), ids.record_stream(stream)
+            store.record_stream(stream)
+            ids.record_stream(stream)
         draw = render_triton if self.device.type == "cuda" else render_torch
         return draw(store, ids, params.to(self.device, non_blocking=True), self.imgsz)
 
