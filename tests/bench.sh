@@ -55,7 +55,7 @@ summary() { grep "^$2:" "$1" | cut -d' ' -f2- || echo "(missing: $(tail -1 "$1")
 status() { echo "$(date +%T) $*" | tee "$OUT/status"; }
 copy() {  # $1: folder; then sed expressions for train.py
   local dir=$1; shift
-  mkdir -p "$dir" && cp prepare.py "$dir/" && sed "$@" train.py > "$dir/train.py"
+  mkdir -p "$dir" && cp -r prepare.py harness "$dir/" && sed "$@" train.py > "$dir/train.py"
   if [ -d weights ]; then ln -sfn "$PWD/weights" "$dir/weights"; fi  # pretrained weights, if any
 }
 profiled_copy() {  # $1: folder; then sed expressions: a copy whose train.py attaches tests/bench_profile.py

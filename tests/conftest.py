@@ -20,7 +20,7 @@ CACHE = Path(tempfile.mkdtemp(prefix="autoresearch-test-cache-"))
 os.environ["AUTORESEARCH_CACHE"] = str(CACHE)  # before prepare is imported anywhere
 os.environ.pop("YOLO_DATA", None)
 
-import prepare  # noqa: E402
+from harness.synthetic import generate_synthetic  # noqa: E402
 
 TINY = {"train": 12, "valid": 6, "test": 4}
 FAST_KNOBS = {"IMGSZ": "64", "BATCH": "4", "NBS": "4", "WORKERS": "0"}
@@ -31,7 +31,7 @@ def tiny_data():
     """A small synthetic dataset in the Kaggle layout, generated once; tests must not modify it."""
     root = CACHE / "tiny-ships"
     if not root.exists():
-        prepare.generate_synthetic(root, TINY, seed=1, workers=2)
+        generate_synthetic(root, TINY, seed=1, workers=2)
     return root
 
 
@@ -42,11 +42,12 @@ def dataset(tiny_data, tmp_path):
 
 
 def make_repo(tmp_path, knobs=None, call_extra="", before_train="", after_train="", name="repo"):
-    """A copy of prepare.py and train.py in tmp_path/<name>, with knobs replaced, extra arguments added
+    """A copy of prepare.py, harness/ and train.py in tmp_path/<name>, with knobs replaced, extra arguments added
     to model.train(...), and optional lines inserted before model.train(...) or prepare.finish(model)."""
     repo = tmp_path / name
     repo.mkdir(exist_ok=True)
     shutil.copy(REPO / "prepare.py", repo / "prepare.py")
+    shutil.copytree(REPO / "harness", repo / "harness", ignore=shutil.ignore_patterns("__pycache__"))
     text = (REPO / "train.py").read_text()
     for name, value in {**FAST_KNOBS, **(knobs or {})}.items():
         text, n = re.subn(rf"^{name} = .*$", f"{name} = {value}", text, flags=re.M)

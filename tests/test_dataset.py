@@ -3,12 +3,12 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-import prepare
-from prepare import HarnessError, check_dataset, find_dataset, resolve_weights
+from harness.common import REPO_DIR, HarnessError
+from harness.dataset import check_dataset, find_dataset
+from harness.device import resolve_weights
 
 KAGGLE_YAML = """train: /kaggle/input/ships-in-aerial-images/ships-aerial-images/train/images
 val: /kaggle/input/ships-in-aerial-images/ships-aerial-images/valid/images
@@ -147,11 +147,11 @@ def test_yolo_data_wins(monkeypatch, dataset):
 
 def test_prepare_cli_prints_stats_or_one_error_line(dataset):
     env = {**os.environ, "YOLO_DATA": str(dataset / "data.yaml")}
-    ok = subprocess.run([sys.executable, "prepare.py"], cwd=prepare.REPO_DIR, env=env, capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "prepare.py"], cwd=REPO_DIR, env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "train 12 images" in ok.stdout and "val 6 images" in ok.stdout
     (dataset / "data.yaml").write_text("nc: 1\n")
-    bad = subprocess.run([sys.executable, "prepare.py"], cwd=prepare.REPO_DIR, env=env, capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "prepare.py"], cwd=REPO_DIR, env=env, capture_output=True, text=True)
     assert bad.returncode != 0
     assert bad.stdout.strip().splitlines() == [f"error: {dataset / 'data.yaml'}: no 'names:' list; add e.g. names: ['ship']"]
 

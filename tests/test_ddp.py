@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 import prepare
+from harness import common, ddp, device
 from conftest import REPO, assert_failed, make_repo, run_train, summary_of
 
 CPU_DDP = f"import sys; sys.path.append({str(REPO / 'tests')!r}); import cpu_ddp"
-TWO_WORKERS = {"CPU_DDP_WORKERS": "2"}
+# Two workers start slowly on a busy 2-core machine: the watchdog waits as long as it would for a 300 s budget.
+TWO_WORKERS = {"CPU_DDP_WORKERS": "2", "AUTORESEARCH_OVERRUN_LIMIT": "570"}
 # After the run, in the parent: best.pt validated independently, as in test_train.py's one-process check.
 REVALIDATE = ("m = YOLO(str(prepare.RUN_DIR / 'weights' / 'best.pt')).val(data=run.data, imgsz=IMGSZ, "
               "batch=BATCH * 2, device=run.device, plots=False)\nprint(f'revalidated: {m.box.map:.6f}')")
@@ -86,7 +88,8 @@ HANDOFF_CHECK = '''
 import json
 from ultralytics.engine.trainer import BaseTrainer
 from ultralytics.utils.patches import torch_load, torch_save
-from prepare import HarnessError, guard, validate_best, worker_report, worker_view
+from harness.ddp import validate_best, worker_report, worker_view
+from prepare import HarnessError, guard
 # A few seconds of training predict nothing above conf=0.001, so every metric is 0. Raise the class scores in
 # best.pt so that it predicts boxes (all of them too large to match a ship: the metrics stay 0), and compare
 # every prediction's confidence as well as the metrics.
@@ -156,36 +159,36 @@ def test_a_device_request_the_machine_cannot_meet_fails_before_anything_is_writt
     rc, log = run_train(repo, tiny_data / "data.yaml")
     assert_failed(rc, log, says)
     assert "dataset:" not in log and "time budget:" not in log  # failed before the dataset checks
-    assert sorted(p.name for p in repo.iterdir()) == ["prepare.py", "run.log", "train.py"]  # no run/
+    assert sorted(p.name for p in repo.iterdir()) == ["harness", "prepare.py", "run.log", "train.py"]  # no run/
 
 
 def test_device_requests():
     import torch
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    assert prepare.pick_device("cpu") == ("cpu", "cpu")
-    assert prepare.pick_device(None)[0] == (0 if gpus else "cpu")
+    assert device.pick_device("cpu") == ("cpu", "cpu")
+    assert device.pick_device(None)[0] == (0 if gpus else "cpu")
     for bad in (True, [], [-1], [0.5], "0,1"):
         with pytest.raises(prepare.HarnessError, match="use None"):
-            prepare.pick_device(bad)
+            device.pick_device(bad)
     with pytest.raises(prepare.HarnessError, match=f"GPU {gpus} does not exist"):
-        prepare.pick_device(list(range(gpus + 1)))
+        device.pick_device(list(range(gpus + 1)))
 
 
 def test_a_failed_ddp_run_ends_with_the_worker_error_that_started_it():
     nan = "loss is nan in epoch 3: the training diverged; lower LR0, or try AMP = False"
     interrupted = prepare.describe_failure(KeyboardInterrupt())
     reports = [{"rank": 0, "error": interrupted}, {"rank": 1, "error": nan}]
-    assert prepare.ddp_failure(reports, 1, 2) == f"{nan} (DDP rank 1 of 2)"
-    assert prepare.ddp_failure(reports[:1], 1, 2) == f"{interrupted} (DDP rank 0 of 2)"
-    assert prepare.ddp_failure([], -9, 4).startswith("the DDP workers failed (exit code -9) without an error line")
+    assert ddp.ddp_failure(reports, 1, 2) == f"{nan} (DDP rank 1 of 2)"
+    assert ddp.ddp_failure(reports[:1], 1, 2) == f"{interrupted} (DDP rank 0 of 2)"
+    assert ddp.ddp_failure([], -9, 4).startswith("the DDP workers failed (exit code -9) without an error line")
 
 
 def test_peak_vram_of_a_ddp_run_is_the_largest_per_gpu():
     reports = [{"rank": 0, "gpu": 0, "peak_vram_mb": 8000.0}, {"rank": 1, "gpu": 1, "peak_vram_mb": 7900.0}]
     # the parent held 300 MB on GPU 0 while the workers ran; its own validation afterwards peaked at 2000
-    per_gpu = prepare.ddp_peak_vram_mb(reports, {0: 300.0, 1: 0.0}, 0, 2000.0)
+    per_gpu = ddp.ddp_peak_vram_mb(reports, {0: 300.0, 1: 0.0}, 0, 2000.0)
     assert per_gpu == {0: 8300.0, 1: 7900.0}
-    assert prepare.ddp_peak_vram_mb(reports, {}, 0, 9000.0) == {0: 9000.0, 1: 7900.0}
+    assert ddp.ddp_peak_vram_mb(reports, {}, 0, 9000.0) == {0: 9000.0, 1: 7900.0}
 
 
 def alive(pid):
@@ -202,8 +205,8 @@ def test_an_interrupted_parent_stops_every_worker_process(tmp_path):
     worker = ("import subprocess, sys, time; "
               "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
               f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(600)")
-    parent = f"import prepare, sys; prepare.run_group([sys.executable, '-c', {worker!r}])"
-    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=prepare.REPO_DIR, stdout=subprocess.PIPE,
+    parent = f"import prepare, sys; from harness import ddp; ddp.run_group([sys.executable, '-c', {worker!r}])"
+    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=common.REPO_DIR, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     for _ in range(300):
         if pidfile.exists() and pidfile.read_text():
@@ -232,7 +235,7 @@ overrides = {{"data": {str(tiny_data / "data.yaml")!r}, "model": "yolo11n.yaml",
              "project": {str(tmp_path)!r}, "name": "ddp"}}
 print(generate_ddp_file(prepare.Trainer(overrides=overrides)))
 """
-    out = subprocess.run([sys.executable, "-c", launch], cwd=prepare.REPO_DIR, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", launch], cwd=common.REPO_DIR, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     file = Path(out.stdout.strip().splitlines()[-1])
@@ -242,12 +245,13 @@ sys.path = {sys.path!r}
 from ultralytics.utils.patches import torch_load  # the worker script's order: Ultralytics, then the state
 state = torch_load({str(file.with_suffix(".pt"))!r}, map_location="cpu")
 import prepare
+from harness import runtime
 import ultralytics.data.dataset as dataset_mod
 import ultralytics.engine.trainer as trainer_mod
 print(json.dumps({{
     "trainer": state["trainer"] is prepare.Trainer, "prepare": prepare.__file__,
     "check_amp": trainer_mod.check_amp(None), "excepthook": sys.excepthook is prepare._excepthook,
-    "labels_cache": dataset_mod.save_dataset_cache_file is prepare._save_labels_cache,
+    "labels_cache": dataset_mod.save_dataset_cache_file is runtime.save_labels_cache,
     "env": [os.environ.get(k) for k in ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_CONFIG_DIR")]}}))
 """
     try:
@@ -258,6 +262,6 @@ print(json.dumps({{
     finally:
         file.unlink()
         file.with_suffix(".pt").unlink()
-    assert seen == {"trainer": True, "prepare": str(prepare.REPO_DIR / "prepare.py"), "check_amp": True,
+    assert seen == {"trainer": True, "prepare": str(common.REPO_DIR / "prepare.py"), "check_amp": True,
                     "excepthook": True, "labels_cache": True,
-                    "env": ["1", "0", str(prepare.CACHE_DIR / "ultralytics")]}
+                    "env": ["1", "0", str(common.CACHE_DIR / "ultralytics")]}

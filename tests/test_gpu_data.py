@@ -18,7 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import CACHE, assert_failed, make_repo, run_train, summary_of  # noqa: E402
 
-import prepare  # noqa: E402
+from harness import gpu_data, runtime, synthetic  # noqa: E402
+from harness.dataset import synthetic_dataset  # noqa: E402
 
 IMGSZ = 160
 SAMPLES = 512  # augmented images drawn from each pipeline
@@ -26,12 +27,12 @@ SAMPLES = 512  # augmented images drawn from each pipeline
 
 def build(args, data_yaml):
     """Ultralytics' augmenting training dataset, and the GPU pipeline's over the same files."""
-    prepare._configure_ultralytics()
+    runtime.configure_ultralytics()
     from ultralytics.data.build import build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
     data = check_det_dataset(str(data_yaml))
     dataset = build_yolo_dataset(args, data["train"], 16, data, mode="train", stride=32)
-    return dataset, prepare.GpuDataset(dataset, copy(args), torch.device("cpu"))
+    return dataset, gpu_data.GpuDataset(dataset, copy(args), torch.device("cpu"))
 
 
 def cfg(**overrides):
@@ -44,7 +45,7 @@ def stats_data():
     """60 generated scenes: enough variety for box and pixel statistics."""
     root = CACHE / "stats-ships"
     if not root.exists():
-        prepare.generate_synthetic(root, {"train": 60, "valid": 4, "test": 4}, seed=3, workers=2)
+        synthetic.generate_synthetic(root, {"train": 60, "valid": 4, "test": 4}, seed=3, workers=2)
     return root / "data.yaml"
 
 
@@ -56,7 +57,7 @@ def draw_ultralytics(dataset, n, seed=0):
 
 
 def draw_gpu(gpu, n, batch=64, seed=0):
-    loader = prepare.GpuLoader(gpu, batch, seed)
+    loader = gpu_data.GpuLoader(gpu, batch, seed)
     imgs, boxes = [], []
     while len(boxes) < n:  # epochs
         for b in loader:
@@ -104,7 +105,7 @@ def test_gpu_batches_match_ultralytics_augmentation_statistically(stats_data, kn
 
 def test_without_augmentation_the_image_is_letterboxed_and_boxes_stay_on_their_ships(stats_data):
     _, gpu = build(cfg(mosaic=0.0, translate=0.0, scale=0.0, fliplr=0.0, hsv_h=0, hsv_s=0, hsv_v=0), stats_data)
-    batch = next(iter(prepare.GpuLoader(gpu, 8, 0)))
+    batch = next(iter(gpu_data.GpuLoader(gpu, 8, 0)))
     i = int(batch["batch_idx"][0])
     src = cv2.imread(batch["im_file"][i])
     h, w = gpu.sizes[gpu.dataset.im_files.index(batch["im_file"][i])]
@@ -135,12 +136,12 @@ def test_the_triton_renderer_draws_what_the_torch_renderer_draws(stats_data, kno
     plan = gpu.plan(gpu.index[:12], np.random.default_rng(0))
     tiles, params = torch.as_tensor(plan["tiles"]), torch.as_tensor(plan["params"])
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    prepare._triton_kernels.cache_clear()  # built anew under the interpreter, and after this test
+    gpu_data._triton_kernels.cache_clear()  # built anew under the interpreter, and after this test
     try:
-        triton = prepare.render_triton(gpu.images, tiles, params, IMGSZ)
+        triton = gpu_data.render_triton(gpu.images, tiles, params, IMGSZ)
     finally:
-        prepare._triton_kernels.cache_clear()
-    torch_ = prepare.render_torch(gpu.images, tiles, params, IMGSZ)
+        gpu_data._triton_kernels.cache_clear()
+    torch_ = gpu_data.render_torch(gpu.images, tiles, params, IMGSZ)
     assert triton.dtype == torch.float16 and triton.shape == torch_.shape == (12, 3, IMGSZ, IMGSZ)
     # channels-last, like the model on CUDA, and still so after the trainer's preprocess
     assert (triton.float() / 255).is_contiguous(memory_format=torch.channels_last)
@@ -153,7 +154,7 @@ def test_batches_are_planned_off_the_training_thread_in_seed_order(stats_data):
     _, gpu = build(cfg(), stats_data)
     planners, plan = [], gpu.plan
     gpu.plan = lambda idx, rng: planners.append(threading.current_thread()) or plan(idx, rng)
-    epochs = [[b["im_file"] + [b["bboxes"]] for b in prepare.GpuLoader(gpu, 16, seed=0)] for _ in range(2)]
+    epochs = [[b["im_file"] + [b["bboxes"]] for b in gpu_data.GpuLoader(gpu, 16, seed=0)] for _ in range(2)]
     assert len(planners) == 2 * 4  # one plan per batch, none wasted past an epoch's end
     assert threading.current_thread() not in planners
     for a, b in zip(*epochs):  # a seed draws the same batches every time
@@ -163,9 +164,9 @@ def test_batches_are_planned_off_the_training_thread_in_seed_order(stats_data):
 def test_images_kept_in_host_memory_give_the_same_batches(stats_data):
     """Images that do not fit on the GPU stay in host memory: each batch's distinct tiles travel instead."""
     _, gpu = build(cfg(mosaic=0.5), stats_data)
-    on_device = [b["img"] for b in prepare.GpuLoader(gpu, 16, seed=0)]
+    on_device = [b["img"] for b in gpu_data.GpuLoader(gpu, 16, seed=0)]
     gpu.gather = True  # what a GPU too small for the images sets (the copy itself needs CUDA)
-    gathered = [b["img"] for b in prepare.GpuLoader(gpu, 16, seed=0)]
+    gathered = [b["img"] for b in gpu_data.GpuLoader(gpu, 16, seed=0)]
     assert len(gathered) == 4 and all(torch.equal(a, b) for a, b in zip(on_device, gathered))
     gpu.close_mosaic(cfg())
     store, ids, _ = gpu.fetch(torch.as_tensor(gpu.plan(gpu.index[:16], np.random.default_rng(0))["tiles"]))
@@ -176,7 +177,7 @@ def test_ddp_ranks_split_each_epoch_into_whole_batches(stats_data):
     _, gpu = build(cfg(), stats_data)
     seen = []
     for rank in (0, 1):  # 60 images, 2 ranks of 5 batches of 7: the first 10 again to fill the last batches
-        loader = prepare.GpuLoader(gpu, 7, seed=0, rank=rank, world_size=2)
+        loader = gpu_data.GpuLoader(gpu, 7, seed=0, rank=rank, world_size=2)
         assert len(loader.sampler) == 35 and len(loader) == 5
         batches = [b["im_file"] for b in loader]
         assert [len(b) for b in batches] == [7] * 5  # one input shape: cuDNN picks kernels once
@@ -204,7 +205,7 @@ def test_a_real_run_trains_with_the_gpu_pipeline_on_and_off(tiny_data, tmp_path,
 
 def save_comparison(out_path, data_yaml=None, n=8):
     """Ultralytics' augmented images (top row) above the GPU pipeline's (bottom row), boxes drawn."""
-    data_yaml = data_yaml or prepare.synthetic_dataset()
+    data_yaml = data_yaml or synthetic_dataset()
     dataset, gpu = build(cfg(imgsz=320), data_yaml)
     rows = []
     for imgs, boxes in (draw_ultralytics(dataset, n), draw_gpu(gpu, n, batch=n)):

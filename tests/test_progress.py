@@ -1,11 +1,10 @@
 """Behaviour of `prepare.py progress`: reading results.tsv, summarizing it, plotting it."""
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from prepare import Row, plot_progress, progress, read_results, summarize_results
+from harness.progress import Row, plot_progress, progress, read_results, summarize_results
 
 DATA = Path(__file__).parent / "data"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from conftest import assert_failed, make_repo, run_train, summary_of
-from prepare import check_dataset
+from harness.dataset import check_dataset
 
 
 def snapshot(folder):

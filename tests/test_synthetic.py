@@ -1,4 +1,4 @@
-"""Behaviour of the procedural ship-imagery generator (the synthetic stand-in in prepare.py)."""
+"""Behaviour of the procedural ship-imagery generator (the synthetic stand-in, harness/synthetic.py)."""
 
 import re
 
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import yaml
 
-import prepare
-from prepare import check_dataset, find_dataset, generate_synthetic, render_scene, save_sample_mosaic
+from harness import common, synthetic
+from harness.dataset import check_dataset, find_dataset
+from harness.synthetic import generate_synthetic, render_scene, save_sample_mosaic
 
 TINY = {"train": 12, "valid": 4, "test": 4}
 NAME_RE = re.compile(r"^synth_\d{5}_jpg\.rf\.[0-9a-f]{32}\.jpg$")
@@ -123,14 +124,14 @@ def test_sample_mosaic(dataset, tmp_path):
 
 
 def test_losing_the_rename_race_keeps_the_winner(tmp_path, monkeypatch):
-    out, real_rename = tmp_path / "race", prepare.os.rename
+    out, real_rename = tmp_path / "race", synthetic.os.rename
 
     def other_process_wins(src, dst):  # another process finishes the same dataset first
         (tmp_path / "race" / "winner.txt").parent.mkdir()
         (tmp_path / "race" / "winner.txt").write_text("theirs")
         real_rename(src, dst)
 
-    monkeypatch.setattr(prepare.os, "rename", other_process_wins)
+    monkeypatch.setattr(synthetic.os, "rename", other_process_wins)
     assert generate_synthetic(out, {"train": 2}, seed=0, workers=1) == out / "data.yaml"
     assert sorted(p.name for p in out.iterdir()) == ["winner.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["race"], "temp build folder left behind"
@@ -149,8 +150,8 @@ def test_prepare_checks_accept_the_generated_set(dataset):
 
 def test_stand_in_is_generated_once_and_never_touched_again(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path))  # the generating child process reads this
-    monkeypatch.setattr(prepare, "CACHE_DIR", tmp_path)
-    monkeypatch.setattr(prepare, "DEFAULT_DATA", tmp_path / "no-real-data" / "data.yaml")
+    monkeypatch.setattr(common, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(common, "DEFAULT_DATA", tmp_path / "no-real-data" / "data.yaml")
     first = find_dataset()
     assert first == (tmp_path / "synthetic-small-seed0" / "data.yaml", "synthetic")
     assert check_dataset(first[0])["train"][1] == 300
@@ -160,5 +161,5 @@ def test_stand_in_is_generated_once_and_never_touched_again(tmp_path, monkeypatc
 
 
 def test_real_data_wins_over_the_stand_in(dataset, monkeypatch):
-    monkeypatch.setattr(prepare, "DEFAULT_DATA", dataset)
+    monkeypatch.setattr(common, "DEFAULT_DATA", dataset)
     assert find_dataset() == (dataset, "real")

@@ -89,7 +89,7 @@ def test_run_folder_is_emptied_and_keeps_latest_results(default_run):
     assert not (run_dir / "stale").exists()
     assert (run_dir / "weights" / "last.pt").is_file()
     assert (run_dir / "results.csv").is_file()
-    assert sorted(p.name for p in repo.iterdir()) == ["prepare.py", "run", "run.log", "train.py"]
+    assert sorted(p.name for p in repo.iterdir()) == ["harness", "prepare.py", "run", "run.log", "train.py"]
 
 
 def test_second_run_reuses_the_run_folder(default_run, tiny_data):
@@ -215,6 +215,20 @@ def test_sigterm_ends_with_an_error_line_and_next_run_works(tiny_data, tmp_path)
     assert_failed(rc, log, "error: interrupted")
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
     assert rc == 0, log[-3000:]
+
+
+def test_a_second_sigterm_does_not_interrupt_the_way_out(tmp_path):
+    # `timeout 600 uv run train.py` and `pkill -f train.py`: the signal reaches Python twice, once passed on
+    # by uv, and the second lands while the first is still unwinding the run.
+    script = ("import os, signal, time, prepare\n"
+              "try:\n    os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n"
+              "except KeyboardInterrupt:\n    os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2)\n"
+              "    print('unwound')\n    raise\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=make_repo(tmp_path), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0
+    assert proc.stdout.splitlines()[-2:] == ["unwound", "error: interrupted (SIGINT or SIGTERM) before the run "
+                                             "finished; the next run starts clean"], proc.stdout + proc.stderr
 
 
 def test_fresh_clone_without_data_trains_on_the_stand_in(tmp_path):

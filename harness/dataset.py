@@ -1,0 +1,232 @@
+"""The dataset: find it (YOLO_DATA, ships-aerial-images/, else the stand-in), resolve its splits, and check
+every label and image header before training. The check of an unchanged dataset is cached by fingerprint."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from harness import common
+from harness.common import HarnessError, warn, write_atomic
+from harness.synthetic import synthetic_dir
+
+MAX_BAD_SHARE = 0.01  # above this share of broken files in a split the run refuses to start
+IMG_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+def find_dataset():
+    """(data.yaml, kind): YOLO_DATA, else ships-aerial-images/, else the synthetic stand-in."""
+    if env := os.environ.get("YOLO_DATA"):
+        path = Path(env).expanduser().resolve()
+        if not path.is_file():
+            raise HarnessError(f"YOLO_DATA={env}: no such file; point it at a dataset YAML or unset it")
+        return path, "YOLO_DATA"
+    if common.DEFAULT_DATA.is_file():
+        return common.DEFAULT_DATA, "real"
+    folder = common.DEFAULT_DATA.parent
+    if (folder / "train" / "images").is_dir():
+        raise HarnessError(f"{folder}: has train/images but no data.yaml; copy the data.yaml from "
+                           "Kaggle's zip there (see ships-aerial-images/README.md)")
+    return synthetic_dataset(), "synthetic"
+
+
+def synthetic_dataset():
+    """The stand-in's data.yaml: the largest one already generated, else a new one (full on a GPU)."""
+    existing = [s for s in ("full", "small") if (synthetic_dir(s) / "data.yaml").is_file()]
+    scale = existing[0] if existing else ("full" if _cuda_available() else "small")
+    if not existing:
+        # In a child process: the generator's worker pool re-imports the main script, which must be
+        # guarded by __main__, never train.py.
+        cmd = [sys.executable, "-m", "harness.synthetic", scale]
+        if subprocess.run(cmd, cwd=common.REPO_DIR).returncode != 0:
+            raise HarnessError(f"generating the synthetic stand-in failed (see above); "
+                               f"try `uv run prepare.py --synthetic {scale}`")
+    return synthetic_dir(scale) / "data.yaml"
+
+
+def _cuda_available():
+    import torch
+    return torch.cuda.is_available()
+
+
+def read_yaml(path):
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise HarnessError(f"{path}: cannot read ({e}); fix the file's permissions or re-export it")
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise HarnessError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax")
+    if not isinstance(data, dict):
+        raise HarnessError(f"{path}: empty or not a mapping; it needs train:, val:, nc: and names:")
+    return data
+
+
+def resolve_split(yaml_path, data, key):
+    """A split's image folder. Paths may be relative to `path:` or the YAML's folder, or absolute
+    paths from another machine (Kaggle's /kaggle/input/...): then the longest tail of the path
+    that exists under the YAML's folder wins."""
+    value = data.get(key)
+    if not value or not isinstance(value, str):
+        raise HarnessError(f"{yaml_path}: no '{key}:' entry; add '{key}: {key}/images' (the split's image folder)")
+    root = yaml_path.parent
+    base = Path(data["path"]) if isinstance(data.get("path"), str) else root
+    base = base if base.is_absolute() else root / base
+    path = Path(value)
+    candidates = [path] if path.is_absolute() else [base / path, root / path]
+    parts = [p for p in path.parts if p not in ("/", "..", ".")]
+    candidates += [root.joinpath(*parts[i:]) for i in range(len(parts))]
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    raise HarnessError(f"{yaml_path}: {key}: {value} is not a folder (looked under {root}); "
+                       "fix the path or put the split there")
+
+
+def split_files(img_dir):
+    """Image paths of a split, and the label path of each (Ultralytics: last /images/ -> /labels/)."""
+    images = sorted(Path(d) / f for d, _, fs in os.walk(img_dir) for f in fs
+                    if Path(f).suffix.lower() in IMG_SUFFIXES)
+    labels = []
+    for im in images:
+        head, sep, tail = str(im).rpartition(f"{os.sep}images{os.sep}")
+        labels.append(Path(head + f"{os.sep}labels{os.sep}" + tail).with_suffix(".txt") if sep else None)
+    return images, labels
+
+
+def check_label_file(path, nc):
+    """(number of boxes, problem or None) for one YOLO label file."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return 0, None  # no label file: a background image, as in Ultralytics
+    except (OSError, UnicodeDecodeError) as e:
+        return 0, f"{path}: unreadable ({e})"
+    boxes = 0
+    for n, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{path}:{n}"
+        if len(fields) != 5:
+            return boxes, f"{where}: {len(fields)} columns, expected 5 (class cx cy w h)"
+        try:
+            cls, cx, cy, w, h = (float(f) for f in fields)
+        except ValueError:
+            return boxes, f"{where}: non-numeric value in '{line.strip()}'"
+        if cls != int(cls) or not 0 <= cls < nc:
+            return boxes, f"{where}: class {fields[0]} out of range 0..{nc - 1}"
+        if not all(0 <= v <= 1 for v in (cx, cy, w, h)):
+            return boxes, f"{where}: coordinates must be normalized to [0, 1]"
+        if w <= 0 or h <= 0:
+            return boxes, f"{where}: box width and height must be positive"
+        boxes += 1
+    return boxes, None
+
+
+def check_image_file(path):
+    """A problem string if the image cannot be used, else None (header read only: fast)."""
+    from PIL import Image
+    try:
+        if path.stat().st_size == 0:
+            return f"{path}: empty file (0 bytes)"
+        with Image.open(path) as im:
+            w, h = im.size
+        if w < 10 or h < 10:
+            return f"{path}: image {w}x{h} is smaller than 10 px"
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            with open(path, "rb") as f:
+                f.seek(-2, os.SEEK_END)
+                if f.read() != b"\xff\xd9":
+                    return f"{path}: truncated JPEG (no end marker)"
+    except Exception as e:  # PIL raises many types for broken files
+        return f"{path}: unreadable image ({type(e).__name__})"
+    return None
+
+
+def label_folder(img_dir):
+    """The labels folder that goes with a split's images folder (images -> labels)."""
+    return Path(str(img_dir).replace(f"{os.sep}images", f"{os.sep}labels"))
+
+
+def _fingerprint(yaml_path, split_dirs):
+    """Cheap identity of a dataset: names, sizes and mtimes of every file, plus the YAML."""
+    h = hashlib.sha1(yaml_path.read_bytes())
+    for d in split_dirs:
+        for top in (d, label_folder(d)):
+            for dirpath, _, files in sorted(os.walk(top)):
+                for f in sorted(files):
+                    st = os.stat(os.path.join(dirpath, f))
+                    h.update(f"{dirpath}/{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def check_dataset(yaml_path):
+    """Check a dataset before training. Returns {"train"/"val"/"test": (folder, images, boxes), "nc": n,
+    "names": [...]}; raises HarnessError naming the file (and line) and the fix on anything broken.
+    Unchanged datasets are not re-read: a fingerprint of the file list is cached."""
+    data = read_yaml(yaml_path)
+    names = data.get("names")
+    names = list(names.values()) if isinstance(names, dict) else names
+    if not isinstance(names, list) or not names:
+        raise HarnessError(f"{yaml_path}: no 'names:' list; add e.g. names: ['ship']")
+    nc = data.get("nc", len(names))
+    if nc != len(names):
+        raise HarnessError(f"{yaml_path}: nc: {nc} but {len(names)} names; make them agree")
+    splits = {"train": resolve_split(yaml_path, data, "train"), "val": resolve_split(yaml_path, data, "val")}
+    if data.get("test"):
+        try:
+            splits["test"] = resolve_split(yaml_path, data, "test")
+        except HarnessError:
+            pass  # the test split is never used by training or the metric
+    stats = {"nc": nc, "names": names}
+    key = _fingerprint(yaml_path, splits.values())
+    memo = common.CACHE_DIR / "checks" / (key + ".json")
+    if memo.is_file():
+        cached = json.loads(memo.read_text())
+        for w in cached.pop("warnings"):
+            warn(w)
+        return {**stats, **{k: (Path(v[0]), v[1], v[2]) for k, v in cached.items()}}
+    warnings = []
+    for split, folder in splits.items():
+        images, labels = split_files(folder)
+        if not images:
+            raise HarnessError(f"{folder}: no images in the {split} split; put the split's images there")
+        if labels[0] is None or not labels[0].parent.is_dir():
+            raise HarnessError(f"{folder}: no labels folder for the {split} split; expected {label_folder(folder)}")
+        boxes, problems = 0, []
+        for im, lb in zip(images, labels):
+            n, problem = check_label_file(lb, nc)
+            boxes += n
+            problem = problem or check_image_file(im)
+            if problem:
+                problems.append(problem)
+        if len(problems) > MAX_BAD_SHARE * len(images):
+            raise HarnessError(f"{problems[0]} ({len(problems)} of {len(images)} {split} files broken); "
+                               "fix or delete the broken files")
+        if problems:
+            warnings.append(f"{len(problems)} broken file(s) in {split}, under {MAX_BAD_SHARE:.0%}: training "
+                            f"goes on (Ultralytics skips what it cannot read); first: {problems[0]}")
+            warn(warnings[-1])
+        stats[split] = (folder, len(images), boxes)
+    write_atomic(memo, json.dumps({"warnings": warnings,
+                                  **{k: (str(v[0]), v[1], v[2]) for k, v in stats.items() if k in splits}}).encode())
+    return stats
+
+
+def dataset_line(yaml_path, kind, stats):
+    splits = " | ".join(f"{s} {stats[s][1]} images {stats[s][2]} boxes" for s in ("train", "val", "test") if s in stats)
+    return f"dataset: {kind} {yaml_path} | {splits}"
+
+
+def write_run_yaml(stats):
+    """The YAML training uses: absolute split folders, so paths from other machines just work."""
+    data = {"path": str(stats["train"][0].parent.parent), "nc": stats["nc"], "names": stats["names"]}
+    data.update({s: str(stats[s][0]) for s in ("train", "val", "test") if s in stats})
+    path = common.RUN_DIR / "data.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

@@ -1,0 +1,183 @@
+"""Several GPUs (DEVICE = [0, 1] in train.py): Ultralytics' DDP workers, what they hand back, and the parent's
+final validation of best.pt.
+
+The process that runs train.py (the parent) starts one worker process per GPU through torch.distributed.run.
+Ultralytics pickles prepare.Trainer by reference, so each worker imports prepare (offline settings, Ultralytics
+patches, the GPU data pipeline, NaN stop, excepthook) and trains on its share of every batch. The parent gets
+nothing back from Ultralytics but the checkpoints, so where a one-GPU run's final validation would start, each
+worker writes a small report (write_handoff) and exits; the parent then validates best.pt itself, as a one-GPU
+run's final validation does (validate_best).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from harness import common
+from harness.common import HarnessError, warn, write_atomic
+from harness.device import peak_vram_mb, process_gpu_mb
+
+DDP_HANDOFF = "ddp-rank{rank}.json"  # one small report per worker in the run folder
+DDP_STOP_GRACE = 30  # seconds the DDP workers get to exit after SIGTERM before they are killed
+DDP_GROUPS = []  # DDP worker process groups still running: stopped whole on an interrupt or an overrun
+
+
+def ddp_rank():
+    """This process's rank among the DDP workers (set by torch.distributed.run, read the same way by
+    Ultralytics), -1 outside DDP."""
+    return int(os.environ.get("RANK", -1))
+
+
+def write_handoff(rank, report):
+    """A DDP worker's report to its parent: one JSON file per rank in the run folder."""
+    report = json.dumps({"rank": rank, **report}, default=str)
+    write_atomic(common.RUN_DIR / DDP_HANDOFF.format(rank=rank), report.encode())
+
+
+def read_handoffs(world_size):
+    """The reports of ranks 0 .. world_size - 1, in rank order; a worker killed outright leaves none."""
+    paths = [common.RUN_DIR / DDP_HANDOFF.format(rank=rank) for rank in range(world_size)]
+    return [json.loads(path.read_text()) for path in paths if path.is_file()]
+
+
+def worker_report(trainer, rank):
+    """What a DDP worker hands back when its clock stops: clock, images, epoch and peak memory for the
+    summary; rank 0 also the settings it trained and validated with and its last validation's metrics,
+    for the guard and the log."""
+    gpu = trainer.device.index if trainer.device.type == "cuda" else "cpu"
+    report = {"training_seconds": trainer.training_seconds, "trained_images": trainer.trained_images,
+              "epoch": trainer.epoch, "gpu": gpu, "peak_vram_mb": peak_vram_mb(gpu)}
+    if rank == 0:
+        report["args"] = vars(trainer.args)
+        report["splits"] = {split: trainer.data.get(split) for split in ("train", "val")}
+        report["metrics"] = {k: float(v) for k, v in (trainer.metrics or {}).items()}
+    return report
+
+
+def worker_view(report):
+    """Rank 0's trainer as guard() sees it: the settings it trained and validated with, and its metrics."""
+    from types import SimpleNamespace
+    return SimpleNamespace(args=SimpleNamespace(**report["args"]), data=report["splits"], metrics=report["metrics"])
+
+
+def ddp_failure(reports, code, world_size):
+    """The one line that ends the log when the DDP workers failed: a worker's own error, preferring the one
+    that started it over the `interrupted` of the workers torch.distributed.run stopped after it."""
+    errors = [r for r in reports if r.get("error")]
+    first = [r for r in errors if not r["error"].startswith("interrupted")] or errors
+    if first:
+        return f"{first[0]['error']} (DDP rank {first[0]['rank']} of {world_size})"
+    return (f"the DDP workers failed (exit code {code}) without an error line of their own; "
+            "the log above (torch.distributed.run's report) says why")
+
+
+def train_ddp(trainer):
+    """Ultralytics' DDP launch (BaseTrainer.train and utils/dist.py), kept in hand: the run folder stays (it
+    holds run/data.yaml; Ultralytics would delete it), the workers run as one process group that an interrupt
+    or the watchdog stops whole, a worker's failure ends the log with its own `error:` line, and the final
+    validation is done here, on the first GPU, as in a one-GPU run."""
+    from ultralytics.utils.dist import ddp_cleanup, find_free_network_port, generate_ddp_file
+    from ultralytics.utils.torch_utils import unset_deterministic
+    try:
+        import cloudpickle  # noqa: F401  (Ultralytics sends the trainer to the workers with it)
+    except ImportError:
+        raise HarnessError("DEVICE with several GPUs needs the cloudpickle package: run `uv sync` "
+                           "(or pip install 'cloudpickle>=3.1.1')") from None
+    n, batch = trainer.world_size, trainer.args.batch
+    if batch < 1 or batch % n:
+        raise HarnessError(f"BATCH = {batch} with {n} GPUs: under DDP the batch is split over the GPUs; "
+                           f"set BATCH in train.py to a multiple of {n}")
+    if trainer.args.rect:  # as Ultralytics does
+        warn("rect=True does not work over several GPUs: training with rect=False")
+        trainer.args.rect = False
+    gpus = [int(i) for i in trainer.args.device.split(",")] if trainer.device.type == "cuda" else []
+    held = {i: process_gpu_mb(i) or 0.0 for i in gpus}  # what this process holds on each GPU while the workers run
+    file = generate_ddp_file(trainer)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
+           "--master_port", str(find_free_network_port()), file]
+    print(f"DDP: {n} worker processes on device {trainer.args.device}: {' '.join(cmd)}")
+    try:
+        code = run_group(cmd)
+    finally:
+        ddp_cleanup(trainer, file)
+        unset_deterministic()
+    reports = read_handoffs(n)
+    if code != 0 or len(reports) != n or any(r.get("error") for r in reports):
+        raise HarnessError(ddp_failure(reports, code, n))
+    first = reports[0]
+    trainer.ddp_reports, trainer.ddp_held_mb = reports, held
+    trainer.training_seconds = first["training_seconds"]  # rank 0's clock decides when every rank stops
+    trainer.trained_images = sum(r["trained_images"] for r in reports)
+    trainer.epoch = first["epoch"]
+
+
+def validate_best(trainer):
+    """A one-GPU run's final validation, done in this process: the trainer's own val loader (rectangular
+    batches of 2 x BATCH, one device) and validator, FP16 on a GPU when AMP is on (as the per-epoch
+    validations leave it), then Ultralytics' own final_eval, which strips the checkpoints and validates
+    best.pt. trainer.metrics stays None without a best.pt (the guard says so)."""
+    from ultralytics.engine.trainer import BaseTrainer
+    if not trainer.best.exists():
+        return
+    if not hasattr(trainer.model, "stride"):  # built from a YAML in the DDP workers: this process has its name only
+        from ultralytics.nn.tasks import load_checkpoint
+        trainer.model = load_checkpoint(trainer.best)[0]  # the val loader pads images to its stride
+    trainer.test_loader = trainer.get_dataloader(trainer.data[trainer.args.split], batch_size=trainer.args.batch * 2,
+                                                 rank=-1, mode="val")
+    trainer.validator = trainer.get_validator()
+    amp = trainer.device.type != "cpu" and trainer.args.amp not in (False, "fp32")
+    trainer.validator.args.quantize = 16 if amp else None
+    BaseTrainer.final_eval(trainer)  # Ultralytics' own, without prepare.Trainer's clock and skip
+
+
+def run_group(cmd):
+    """Run a command in a process group of its own and wait for it. Whatever ends the wait early (SIGTERM,
+    Ctrl-C, an error) stops the whole group, so no DDP worker keeps a GPU after the run. Returns the exit code."""
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    DDP_GROUPS.append(proc)
+    try:
+        return proc.wait()
+    finally:
+        stop_group(proc)
+        DDP_GROUPS.remove(proc)
+
+
+def stop_group(proc, grace=DDP_STOP_GRACE):
+    """SIGTERM to the group (workers end through their `error: interrupted` path), then SIGKILL to whatever
+    is left of it after `grace` seconds. Nothing to do when the group has already exited."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def ddp_peak_vram_mb(reports, held_mb, parent_gpu, parent_peak_mb):
+    """Peak memory per GPU of a DDP run, as nvidia-smi would show it for the run's processes on that card:
+    each worker's peak plus what the parent held there while the workers ran; on the parent's GPU the
+    parent's own final validation (after the workers exited) when that is more."""
+    per_gpu = {r["gpu"]: r["peak_vram_mb"] + held_mb.get(r["gpu"], 0.0) for r in reports}
+    per_gpu[parent_gpu] = max(per_gpu.get(parent_gpu, 0.0), parent_peak_mb)
+    return per_gpu
+
+
+def run_peak_vram_mb(run, trainer):
+    """The summary's peak_vram_mb: the process's peak on its GPU; under DDP the largest per GPU (what decides
+    whether a setting fits the cards), with every GPU's figure in the log."""
+    if not trainer.ddp or run.device == "cpu":
+        return peak_vram_mb(run.device)
+    gpu = trainer.device.index
+    per_gpu = ddp_peak_vram_mb(trainer.ddp_reports, trainer.ddp_held_mb, gpu, peak_vram_mb(gpu))
+    print("DDP: peak GPU memory (MB) per GPU: " + ", ".join(f"{g}: {mb:.1f}" for g, mb in sorted(per_gpu.items()))
+          + "; peak_vram_mb is the largest")
+    return max(per_gpu.values())

@@ -1,0 +1,96 @@
+"""Device, weights and GPU memory: which device a run trains on, what YOLO() loads (never downloaded during a
+run), and peak memory as nvidia-smi shows it."""
+
+import os
+from pathlib import Path
+
+from harness import common
+from harness.common import HarnessError, banner
+
+def resolve_weights(name):
+    """(what YOLO() loads, how the summary describes it). Never downloads during a run:
+    a missing .pt falls back to the matching .yaml, trained from scratch, with a loud warning."""
+    if name.endswith(".yaml"):
+        return name, f"{name} (from scratch)"
+    from ultralytics.utils import SETTINGS
+    for path in (Path(name), common.WEIGHTS_DIR / name, Path(SETTINGS["weights_dir"]) / name):
+        if path.is_file():
+            return str(path), f"{name} (pretrained)"
+    scratch = Path(name).with_suffix(".yaml").name
+    banner(f"{name} not found in weights/ (offline): training {scratch} from scratch. "
+           f"To use pretrained weights, run `uv run prepare.py --weights {name}` once with internet "
+           "access, or copy the file into weights/.")
+    return scratch, f"{scratch} (from scratch: {name} not found)"
+
+
+def download_weights(name):
+    """One-time fetch of Ultralytics' released weights into weights/ (prep step, needs internet)."""
+    os.environ.pop("YOLO_OFFLINE")
+    from ultralytics.utils.downloads import attempt_download_asset
+    common.WEIGHTS_DIR.mkdir(exist_ok=True)
+    target = common.WEIGHTS_DIR / name
+    try:
+        attempt_download_asset(target)
+    except Exception as e:
+        raise HarnessError(f"could not download {name} ({type(e).__name__}); "
+                           f"copy the file into {common.WEIGHTS_DIR}/ by hand")
+    if not target.is_file():
+        raise HarnessError(f"{name} is not among Ultralytics' released weights; copy it into {common.WEIGHTS_DIR}/")
+    print(f"saved {target}")
+
+
+def pick_device(request=None):
+    """(device for Ultralytics, description) for train.py's DEVICE: None is CUDA device 0, else the CPU
+    (start() warns loudly); an index is that GPU; a list of indices is one run over those GPUs (DDP).
+    A request this machine cannot meet fails here, before any GPU time is spent."""
+    import torch
+    if request == "cpu":
+        return "cpu", "cpu"
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if request is None:
+        return (0, f"cuda:0 {torch.cuda.get_device_name(0)}") if gpus else ("cpu", "cpu")
+    ids = [request] if isinstance(request, int) else request
+    if (not isinstance(ids, (list, tuple)) or not ids
+            or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)):
+        raise HarnessError(f"DEVICE = {request!r} in train.py: use None (GPU 0), a GPU index (1) or a list of "
+                           "GPU indices ([0, 1]: one run over several GPUs)")
+    if len(set(ids)) != len(ids):
+        raise HarnessError(f"DEVICE = {request!r} in train.py names a GPU twice; list each GPU once")
+    missing = [i for i in ids if i >= gpus]
+    if missing:
+        have = f"{gpus} GPU{'s' if gpus != 1 else ''} ({', '.join(map(str, range(gpus)))})" if gpus else "no CUDA GPU"
+        raise HarnessError(f"DEVICE = {request!r} in train.py: GPU {missing[0]} does not exist, this machine has "
+                           f"{have}; set DEVICE = None or list GPUs that exist")
+    names = [torch.cuda.get_device_name(i) for i in ids]
+    name = names[0] if len(set(names)) == 1 else " + ".join(names)
+    if len(ids) == 1:
+        return ids[0], f"cuda:{ids[0]} {name}"
+    return list(ids), f"cuda:{','.join(map(str, ids))} {len(ids)} x {name}"
+
+
+def process_gpu_mb(index, pid=None):
+    """What NVML says a process (this one by default) holds on GPU `index`, in MB, as nvidia-smi shows it;
+    None where NVML cannot tell (no NVML, or another PID namespace)."""
+    try:
+        import pynvml
+        import torch
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{torch.cuda.get_device_properties(index).uuid}")
+        used = {p.pid: p.usedGpuMemory for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)}
+        return (used.get(pid or os.getpid()) or 0) / 2**20
+    except Exception:
+        return None
+
+
+def peak_vram_mb(device):
+    """The most memory this process held on GPU `device` (an index), as nvidia-smi would show it for the
+    process: PyTorch's peak reserved memory plus what the process holds outside PyTorch (CUDA context,
+    libraries), read from NVML once at the end. 0.0 on CPU."""
+    if device == "cpu":
+        return 0.0
+    import torch
+    peak = torch.cuda.max_memory_reserved(device) / 2**20
+    used = process_gpu_mb(device)
+    if used:  # without NVML: PyTorch's own figure alone
+        peak += max(used - torch.cuda.memory_reserved(device) / 2**20, 0)
+    return peak
