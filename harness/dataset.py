@@ -3,6 +3,7 @@ every label and image header before training. The check of an unchanged dataset 
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from harness import common
 from harness.common import HarnessError, warn, write_atomic
 from harness.synthetic import synthetic_dir
 
+CHECKS_VERSION = b"2"  # part of the fingerprint: a dataset is checked again when the checks change
 MAX_BAD_SHARE = 0.01  # above this share of broken files in a split the run refuses to start
 IMG_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -118,6 +120,8 @@ def check_label_file(path, nc):
             cls, cx, cy, w, h = (float(f) for f in fields)
         except ValueError:
             return boxes, f"{where}: non-numeric value in '{line.strip()}'"
+        if not all(math.isfinite(v) for v in (cls, cx, cy, w, h)):
+            return boxes, f"{where}: '{line.strip()}' has a value that is not a finite number"
         if cls != int(cls) or not 0 <= cls < nc:
             return boxes, f"{where}: class {fields[0]} out of range 0..{nc - 1}"
         if not all(0 <= v <= 1 for v in (cx, cy, w, h)):
@@ -129,22 +133,30 @@ def check_label_file(path, nc):
 
 
 def check_image_file(path):
-    """A problem string if the image cannot be used, else None (header read only: fast)."""
-    from PIL import Image
+    """A problem string if the image cannot be used, else None. A JPEG's header and end marker are read; any
+    other format is checked in full (a PNG's chunks, anything else decoded), so a truncated file shows."""
+    from PIL import Image, UnidentifiedImageError
+    if path.stat().st_size == 0:
+        return f"{path}: empty file (0 bytes)"
+    kind = path.suffix.lstrip(".").upper()
     try:
-        if path.stat().st_size == 0:
-            return f"{path}: empty file (0 bytes)"
         with Image.open(path) as im:
-            w, h = im.size
-        if w < 10 or h < 10:
-            return f"{path}: image {w}x{h} is smaller than 10 px"
-        if path.suffix.lower() in (".jpg", ".jpeg"):
-            with open(path, "rb") as f:
-                f.seek(-2, os.SEEK_END)
-                if f.read() != b"\xff\xd9":
-                    return f"{path}: truncated JPEG (no end marker)"
-    except Exception as e:  # PIL raises many types for broken files
-        return f"{path}: unreadable image ({type(e).__name__})"
+            w, h, kind = *im.size, im.format
+            if kind == "PNG":
+                im.verify()
+            elif kind != "JPEG":
+                im.load()
+    except UnidentifiedImageError:
+        return f"{path}: not an image (no image format recognizes its bytes)"
+    except Exception as e:  # PIL raises many types for damaged files
+        return f"{path}: damaged {kind} image, it does not decode ({type(e).__name__})"
+    if w < 10 or h < 10:
+        return f"{path}: image {w}x{h} is smaller than 10 px"
+    if kind == "JPEG":
+        with open(path, "rb") as f:
+            f.seek(-2, os.SEEK_END)
+            if f.read() != b"\xff\xd9":
+                return f"{path}: truncated JPEG (no end marker)"
     return None
 
 
@@ -155,7 +167,7 @@ def label_folder(img_dir):
 
 def _fingerprint(yaml_path, split_dirs):
     """Cheap identity of a dataset: names, sizes and mtimes of every file, plus the YAML."""
-    h = hashlib.sha1(yaml_path.read_bytes())
+    h = hashlib.sha1(CHECKS_VERSION + yaml_path.read_bytes())
     for d in split_dirs:
         for top in (d, label_folder(d)):
             for dirpath, _, files in sorted(os.walk(top)):
@@ -212,6 +224,9 @@ def check_dataset(yaml_path):
             warnings.append(f"{len(problems)} broken file(s) in {split}, under {MAX_BAD_SHARE:.0%}: training "
                             f"goes on (Ultralytics skips what it cannot read); first: {problems[0]}")
             warn(warnings[-1])
+        if split == "train" and not boxes:
+            raise HarnessError(f"{folder}: the train split's {len(images)} images have no boxes (its label files are "
+                               f"empty or missing); put the labels in {label_folder(folder)}")
         stats[split] = (folder, len(images), boxes)
     write_atomic(memo, json.dumps({"warnings": warnings,
                                   **{k: (str(v[0]), v[1], v[2]) for k, v in stats.items() if k in splits}}).encode())

@@ -90,6 +90,9 @@ def test_invalid_yaml_names_the_line(dataset):
     ("0 0.5 -0.2 0.1 0.1", "normalized to [0, 1]"),
     ("0 0.5 0.5 0 0.1", "must be positive"),
     ("0 0.5 0.5 abc 0.1", "non-numeric"),
+    ("nan 0.5 0.5 0.1 0.1", "not a finite number"),
+    ("0 0.5 inf 0.1 0.1", "not a finite number"),
+    ("0 0.5 0.5 0.1 -nan", "not a finite number"),
 ])
 def test_bad_label_rows_name_file_and_line(dataset, row, says):
     path, line = break_label(dataset, row)
@@ -98,12 +101,29 @@ def test_bad_label_rows_name_file_and_line(dataset, row, says):
 
 @pytest.mark.parametrize("damage, says", [
     (lambda p: p.write_bytes(b""), "empty file"),
-    (lambda p: p.write_bytes(b"not an image at all" * 20), "unreadable image"),
+    (lambda p: p.write_bytes(b"not an image at all" * 20), "not an image"),
+    (lambda p: p.write_bytes(bytes(range(256)) * 4), "not an image"),
 ])
 def test_broken_images_are_named(dataset, damage, says):
     image = sorted((dataset / "valid" / "images").iterdir())[0]
     damage(image)
     expect_error(dataset / "data.yaml", image, says)
+
+
+def test_a_truncated_png_is_named(dataset):
+    import cv2
+    image = sorted((dataset / "valid" / "images").iterdir())[0]
+    png = image.with_suffix(".png")
+    cv2.imwrite(str(png), cv2.imread(str(image)))
+    image.unlink()
+    png.write_bytes(png.read_bytes()[:-200])
+    expect_error(dataset / "data.yaml", png, "damaged PNG image")
+
+
+def test_a_train_split_without_boxes_is_an_error(dataset):
+    for label in (dataset / "train" / "labels").iterdir():
+        label.write_text("")
+    expect_error(dataset / "data.yaml", dataset / "train" / "images", "12 images have no boxes")
 
 
 def test_empty_split_is_an_error(dataset):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # also run as a script
 from conftest import CACHE, assert_failed, make_repo, run_train, summary_of  # noqa: E402
 
 from harness import gpu_data, runtime, synthetic  # noqa: E402
