@@ -10,7 +10,8 @@ import pytest
 from conftest import REPO, make_repo, run_train, summary_of
 
 ATTACH = f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); import bench_profile; bench_profile.attach(model)"
-SLACK_S = 0.5  # the profile's clock ends where the harness's does; rounding and syncs leave a little
+# Rounding, not time: the summary prints seconds to 0.1, the profile to 1e-4; half a last digit of each
+ROUNDING_S = 0.05 + 1e-4
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two busy cores: PyTorch's spinning threads slow each other 10x
 
 
@@ -19,7 +20,7 @@ def test_ceiling_times_both_layouts_on_cpu(tmp_path):
     tiny = ["--imgsz", "64", "--batch", "4", "--nbs", "4", "--iters", "2", "--warmup", "1"]
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "bench_ceiling.py"), *tiny,
                            "--layouts", "contiguous,channels_last", "--out", str(out)],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, **ONE_THREAD})
+                          capture_output=True, text=True, timeout=600, env={**os.environ, **ONE_THREAD})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert (result["imgsz"], result["batch"], result["device"]) == (64, 4, "cpu")
@@ -45,9 +46,11 @@ def test_profile_accounts_for_the_training_clock(profiled_run):
     assert t["batches"] > 0 and t["images"] > 0 and len(profile["epochs"]) >= 1
     parts = [t[k] for k in ("step_s", "wait_s", "val_s", "save_s")]
     assert all(p >= 0 for p in parts), t
-    training = float(summary["training_seconds"])
-    assert sum(parts) <= training + SLACK_S, (parts, training)
-    assert abs(t["training_s"] - training) < SLACK_S  # same clock as the harness
+    # disjoint spans inside the training clock (the profile rounds each to 1e-4)
+    assert sum(parts) <= t["training_s"] + 1e-3, (parts, t)
+    # the harness's clock: from the trainer's clock start to a moment inside the (profiled) final eval
+    stop = m["clock_start"] + float(summary["training_seconds"])
+    assert m["final_start"] - ROUNDING_S <= stop <= m["final_end"] + ROUNDING_S, (m, summary["training_seconds"])
     assert t["steady_img_per_s"] > 0
     assert t["val_s"] > 0 and t["save_s"] > 0  # at least the last epoch validates and saves
     assert t["validations"] == t["saves"] == 1  # VAL = False: only the last epoch does either
@@ -58,7 +61,7 @@ def test_profile_marks_the_moments_in_order(profiled_run):
     m = profile["moments"]
     assert 0 < m["pretrain_start"] <= m["pretrain_end"] <= m["clock_start"]
     assert m["clock_start"] < m["final_start"] <= m["final_end"] <= m["train_end"] <= m["atexit"]
-    assert m["atexit"] >= float(summary["total_seconds"]) - 0.1  # written after the summary
+    assert m["atexit"] >= float(summary["total_seconds"]) - ROUNDING_S  # written after the summary
     # best.pt is the last epoch, validated inside the clock: the final eval repeats nothing
     assert profile["totals"]["final_val_s"] <= m["final_end"] - m["final_start"] + 1e-3
 

@@ -64,6 +64,19 @@ def test_unchanged_dataset_is_checked_from_cache_and_changes_are_seen(dataset):
     expect_error(dataset / "data.yaml", f"{path}:{line}", "4 columns")
 
 
+def test_an_unchanged_dataset_is_not_read_again(dataset, monkeypatch):
+    # A Kaggle-size check reads about 10,000 label files and image headers. Unchanged (the same names, sizes and
+    # mtimes), a dataset's verdict comes from the cache of that fingerprint: the second check opens none of them.
+    import harness.dataset
+    first = check_dataset(dataset / "data.yaml")
+    opened = []
+    monkeypatch.setattr(harness.dataset, "check_label_file", lambda path, nc: opened.append(path) or (1, None))
+    monkeypatch.setattr(harness.dataset, "check_image_file", lambda path: opened.append(path))
+    again = check_dataset(dataset / "data.yaml")
+    assert opened == []
+    assert again == first
+
+
 @pytest.mark.parametrize("text, says", [
     ("train: [unclosed\n", "not valid YAML"),
     ("", "empty or not a mapping"),

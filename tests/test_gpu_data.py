@@ -4,11 +4,13 @@ refused, and a real run with it on and off. On CPU here; the same code runs on t
     python tests/test_gpu_data.py OUT.jpg   # draws Ultralytics' batches beside the GPU pipeline's (README)
 """
 
+import functools
 import random
 import sys
 import threading
 from copy import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -25,14 +27,14 @@ IMGSZ = 160
 SAMPLES = 512  # augmented images drawn from each pipeline
 
 
-def build(args, data_yaml):
-    """Ultralytics' augmenting training dataset, and the GPU pipeline's over the same files."""
+def build(args, data_yaml, device="cpu"):
+    """Ultralytics' augmenting training dataset, and the GPU pipeline's over the same files (on device)."""
     runtime.configure_ultralytics()
     from ultralytics.data.build import build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
     data = check_det_dataset(str(data_yaml))
     dataset = build_yolo_dataset(args, data["train"], 16, data, mode="train", stride=32)
-    return dataset, gpu_data.GpuDataset(dataset, copy(args), torch.device("cpu"))
+    return dataset, gpu_data.GpuDataset(dataset, copy(args), torch.device(device))
 
 
 def cfg(**overrides):
@@ -128,6 +130,299 @@ def test_close_mosaic_turns_mosaic_and_mixup_off(stats_data):
     assert (plan["params"][:, 19] == 0).all()
 
 
+# ---------------------------------------------------------------------------
+# Every knob alone, against Ultralytics' own augmentation of the same images
+# ---------------------------------------------------------------------------
+# The statistics above mix every knob: one knob ignored or mis-scaled moves them less than their tolerance. Here
+# one knob at a time is on, the rest off, on images whose boxes are white squares of one class each: each image's
+# warp is then read exactly off its boxes, and the squares' pixels show where the image itself went. Both pipelines
+# draw images 0, 1, 2, ... as the dataset's j % len, so each one pairs with its plain (every knob off) self.
+
+KNOB_IMGSZ = 96
+MARKERS = 6           # white squares per image, square k labelled class k
+MARKER_IMAGES = 24
+OFF = dict(mosaic=0.0, mixup=0.0, degrees=0.0, translate=0.0, scale=0.0, shear=0.0, perspective=0.0,
+           fliplr=0.0, flipud=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)
+DEVICES = ["cpu", pytest.param("cuda:0", marks=pytest.mark.gpu)]  # the trainer's device: GpuDataset compares it
+
+
+def make_marker_data(root, side=10, seed=0):
+    """MARKER_IMAGES images (144 x 108, every other one upright) of a smooth colour gradient, MARKERS white squares
+    in their middle half, apart from each other."""
+    rng = np.random.default_rng(seed)
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True)
+    for i in range(MARKER_IMAGES):
+        w, h = (144, 108) if i % 2 == 0 else (108, 144)
+        ends = np.stack([rng.uniform(0, 180, 2), rng.uniform(70, 140, 2), rng.uniform(90, 170, 2)], 1)  # cv2's HSV
+        ends = cv2.cvtColor(ends.astype(np.uint8)[None], cv2.COLOR_HSV2BGR)[0].astype(np.float32)
+        a = rng.uniform(0, 2 * np.pi)
+        y, x = np.mgrid[:h, :w]
+        t = (((x - w / 2) * np.cos(a) + (y - h / 2) * np.sin(a)) / max(w, h) + 0.5)[..., None]
+        img = (ends[0] * (1 - t) + ends[1] * t).round().astype(np.uint8)
+        corners = []
+        while len(corners) < MARKERS:
+            c = np.round(rng.uniform([0.25 * w, 0.25 * h], [0.75 * w, 0.75 * h]) - side / 2).astype(int)
+            if all(np.abs(c - d).max() > side + 6 for d in corners):
+                corners.append(c)
+        for x0, y0 in corners:
+            img[y0:y0 + side, x0:x0 + side] = 255
+        cv2.imwrite(str(root / "images" / f"{i:02d}.png"), img)
+        rows = [f"{k} {(x0 + side / 2) / w} {(y0 + side / 2) / h} {side / w} {side / h}\n"
+                for k, (x0, y0) in enumerate(corners)]
+        (root / "labels" / f"{i:02d}.txt").write_text("".join(rows))
+    names = [f"square{k}" for k in range(MARKERS)]
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images\nval: images\nnames: {names}\n")
+    return root / "data.yaml"
+
+
+@pytest.fixture(scope="module")
+def marker_data():
+    root = CACHE / "marker-ships"
+    return root / "data.yaml" if root.exists() else make_marker_data(root)
+
+
+def knob_cfg(**knobs):
+    """Every augmentation knob off but these."""
+    return cfg(imgsz=KNOB_IMGSZ, **{**OFF, **knobs})
+
+
+def draw_indexed(pipeline, n, pixels=True, batch=16):
+    """Images j = 0 .. n-1 (the dataset's j % len), seeded, from Ultralytics' dataset or a GpuDataset (which plans each
+    batch on the CPU and, with pixels, draws it on its device: with the Triton kernels on CUDA): (images [n, 3, S, S]
+    RGB on the CPU, or None; [(boxes [m, 4] xywh in pixels, classes [m])] per image)."""
+    if not isinstance(pipeline, gpu_data.GpuDataset):
+        random.seed(0), np.random.seed(0), torch.manual_seed(0)
+        items = [pipeline[j % len(pipeline)] for j in range(n)]
+        imgs = torch.stack([x["img"] for x in items]).float() if pixels else None
+        return imgs, [(x["bboxes"].numpy() * KNOB_IMGSZ, x["cls"].numpy().ravel().astype(int)) for x in items]
+    rng, imgs, draws = np.random.default_rng(0), [], []
+    for a in range(0, n, batch):
+        p = pipeline.plan(pipeline.index[np.arange(a, min(a + batch, n)) % len(pipeline)], rng)
+        if pixels:
+            imgs.append(pipeline.render(torch.as_tensor(p["tiles"]), torch.as_tensor(p["params"])).float().cpu())
+        draws += [(p["bboxes"][p["batch_idx"] == i] * KNOB_IMGSZ, p["cls"][p["batch_idx"] == i].ravel().astype(int))
+                  for i in range(min(batch, n - a))]
+    return (torch.cat(imgs) if pixels else None), draws
+
+
+@functools.cache  # the plain draws serve many tests, and a GPU machine's cuda variants compare with the same
+def ultralytics_draws(data_yaml, n, pixels=True, **knobs):
+    """Ultralytics' images j = 0 .. n-1 with only these knobs on (draw_indexed); cached: do not modify them."""
+    return draw_indexed(build(knob_cfg(**knobs), data_yaml)[0], n, pixels)
+
+
+@functools.cache
+def gpu_draws(data_yaml, device, n, pixels=True, **knobs):
+    """The GPU pipeline's images j = 0 .. n-1 with only these knobs on, on device (draw_indexed); cached."""
+    return draw_indexed(build(knob_cfg(**knobs), data_yaml, device)[1], n, pixels)
+
+
+def both(device):
+    """(name, draws) of Ultralytics' pipeline and the GPU pipeline's on device."""
+    return ("Ultralytics", ultralytics_draws), ("GPU", functools.partial(gpu_draws, device=device))
+
+
+def by_class(draws):
+    """The plain images' boxes (every knob off): [image, class] -> xywh in pixels."""
+    plain = np.full((MARKER_IMAGES, MARKERS, 4), np.nan)
+    for j, (boxes, cls) in enumerate(draws[:MARKER_IMAGES]):
+        plain[j, cls] = boxes
+    assert not np.isnan(plain).any()
+    return plain
+
+
+def has_boxes(draws, plain, flip=None, tol=0.5):
+    """Per image: its boxes are exactly its plain self's (to tol pixels), mirrored in x (flip=0) or y (flip=1)."""
+    plain = plain.copy()
+    if flip is not None:
+        plain[..., flip] = KNOB_IMGSZ - plain[..., flip]
+    return np.array([len(c) == MARKERS and np.abs(b - plain[j % len(plain), c]).max() < tol
+                     for j, (b, c) in enumerate(draws)])
+
+
+def fitted_warps(draws, plain):
+    """Per image, the homography that takes its plain self's box centres to its own (both centred on the middle)."""
+    out = []
+    for j, (boxes, cls) in enumerate(draws):
+        assert len(cls) == len(set(cls)) >= 4, "a square went missing: keep the warps small enough"
+        src, dst = plain[j % len(plain), cls, :2] - KNOB_IMGSZ / 2, boxes[:, :2] - KNOB_IMGSZ / 2
+        h = cv2.findHomography(src.astype(np.float64), dst.astype(np.float64), 0)[0]
+        out.append(h / h[2, 2])
+    return np.array(out)
+
+
+def squares_off_their_boxes(imgs, draws):
+    """Per box, how far (pixels) the white square's centre of mass in it lies from its centre."""
+    white = ((imgs.min(1).values - 180) / 75).clamp(0, 1).numpy()  # squares 1, the gradient 0, edges between
+    out = []
+    for w, (boxes, _) in zip(white, draws):
+        for x, y, bw, bh in boxes:  # pixel i covers [i, i + 1) in box coordinates
+            x0, y0 = int(max(x - bw / 2 - 1, 0)), int(max(y - bh / 2 - 1, 0))
+            patch = w[y0:int(np.ceil(y + bh / 2 + 1)), x0:int(np.ceil(x + bw / 2 + 1))]
+            ys, xs = np.mgrid[:patch.shape[0], :patch.shape[1]] + 0.5
+            m = patch.sum() + 1e-9
+            out.append(np.hypot((patch * xs).sum() / m + x0 - x, (patch * ys).sum() / m + y0 - y))
+    return np.array(out)
+
+
+def assert_uniform_like_ultralytics(draws, value, what):
+    """draws {pipeline: [image, n]}, drawn uniformly in -value..value by Ultralytics: the GPU pipeline's spread
+    (value / sqrt(3)) and extent (the largest |x|: value, less value / images on average) match, column by column."""
+    stats = {k: np.array([x.std(0), np.abs(x).max(0)]) for k, x in draws.items()}
+    assert np.allclose(stats["Ultralytics"], [[value / 3 ** 0.5], [value]], rtol=0.2)  # the statistic measures the knob
+    assert np.allclose(stats["GPU"][0], stats["Ultralytics"][0], rtol=0.2), f"{what}: spread {stats}"
+    assert np.allclose(stats["GPU"][1], stats["Ultralytics"][1], rtol=0.1), f"{what}: extent {stats}"
+
+
+# knob: (value, what an image's fitted homography (from its plain self, centred) says of it, one column per axis)
+WARPS = {
+    "degrees": (20.0, lambda h: np.degrees(np.arctan2(h[:, 0, 1], h[:, 0, 0]))[:, None]),
+    "shear": (10.0, lambda h: np.degrees(np.arctan(h[:, [0, 1], [1, 0]]))),  # x and y
+    "perspective": (0.002, lambda h: h[:, 2, :2]),
+    "translate": (0.15, lambda h: h[:, :2, 2] / KNOB_IMGSZ),
+    "scale": (0.5, lambda h: np.sqrt(np.linalg.det(h[:, :2, :2]))[:, None] - 1),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("knob", list(WARPS))
+def test_a_warp_knob_alone_moves_boxes_and_pixels_as_far_as_in_ultralytics(marker_data, knob, device):
+    """Each image's warp, fitted to its boxes, is drawn as widely as Ultralytics draws it; its pixels went along."""
+    value, measure = WARPS[knob]
+    warps = {}
+    for name, draw in both(device):
+        plain = by_class(draw(marker_data, n=MARKER_IMAGES, pixels=False)[1])
+        warps[name] = measure(fitted_warps(draw(marker_data, n=256, pixels=False, **{knob: value})[1], plain))
+        off = squares_off_their_boxes(*draw(marker_data, n=32, **{knob: value}))
+        assert (off < 1).all(), f"{name}: the squares' pixels lie up to {off.max():.1f} px off their boxes"
+    assert_uniform_like_ultralytics(warps, value, f"{knob}={value}")
+
+
+def test_with_every_knob_off_both_pipelines_letterbox_the_same_boxes_and_pixels(marker_data):
+    """The plain images every test below measures against: the same in both pipelines."""
+    theirs, ours = ultralytics_draws(marker_data, MARKER_IMAGES), gpu_draws(marker_data, "cpu", MARKER_IMAGES)
+    assert np.abs(by_class(theirs[1]) - by_class(ours[1])).max() < 0.01  # boxes, in pixels
+    assert (theirs[0] - ours[0]).abs().max() < 0.1  # the same pixels: a whole-pixel shift, no resampling
+
+
+def colour_changes(imgs, plain, knob):
+    """Per image, on the gradient's coloured pixels: how far its hue turned (in turns), or by what factor its
+    saturation or value changed, minus 1, against its plain self."""
+    out = []
+    for j, img in enumerate(imgs):
+        a, b = (cv2.cvtColor(x.permute(1, 2, 0).numpy() / 255, cv2.COLOR_RGB2HSV) for x in (plain[j % len(plain)], img))
+        keep = (a[..., 1] > 0.15) & (a[..., 2] > 0.2)  # not the grey border, not the white squares
+        if knob == "hsv_h":
+            out.append(np.median((b[..., 0] - a[..., 0] + 180)[keep] % 360 - 180) / 360)  # degrees -> turns
+        else:
+            c = 1 if knob == "hsv_s" else 2
+            out.append(np.median(b[..., c][keep] / a[..., c][keep]) - 1)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("knob, value", [("hsv_h", 0.1), ("hsv_s", 0.5), ("hsv_v", 0.4)])
+def test_an_hsv_knob_alone_changes_colours_as_far_as_in_ultralytics(marker_data, knob, value, device):
+    """Each image's hue turn, or saturation or value gain, read off its pixels, is drawn as widely as Ultralytics'."""
+    changes = {}
+    for name, draw in both(device):
+        plain = draw(marker_data, n=MARKER_IMAGES)[0]
+        changes[name] = colour_changes(draw(marker_data, n=64, **{knob: value})[0], plain, knob)[:, None]
+    assert_uniform_like_ultralytics(changes, value, f"{knob}={value}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mosaic_tiles_as_many_images_as_ultralytics_with_as_many_boxes(marker_data, device):
+    """A plain image keeps its own boxes; a mosaic shows as many squares of its four tiles as Ultralytics' do."""
+    seen = {}
+    for name, draw in both(device):
+        plain = by_class(draw(marker_data, n=MARKER_IMAGES, pixels=False)[1])
+        _, draws = draw(marker_data, n=512, pixels=False, mosaic=0.5)
+        tiled = ~has_boxes(draws, plain)
+        seen[name] = tiled.mean(), np.mean([len(c) for (_, c), t in zip(draws, tiled) if t])
+    assert abs(seen["Ultralytics"][0] - 0.5) < 0.1
+    assert abs(seen["GPU"][0] - seen["Ultralytics"][0]) < 0.1, f"share of mosaics {seen}"
+    assert np.isclose(seen["GPU"][1], seen["Ultralytics"][1], rtol=0.15), f"boxes per mosaic {seen}"
+
+
+def blend_ratios(imgs, draws, plain, plain_imgs):
+    """Per image blended with another (its partner's boxes follow its own): its own share of the pixels."""
+    out = []
+    for j, (img, (boxes, cls)) in enumerate(zip(imgs, draws)):
+        if len(cls) == 2 * MARKERS:
+            mate = np.abs(plain[:, cls[MARKERS:]] - boxes[MARKERS:]).max((1, 2)).argmin()
+            own, other = plain_imgs[j % len(plain)], plain_imgs[mate]
+            if (own - other).abs().mean() > 10:  # not blended with itself
+                out.append(((img - other) * (own - other)).sum().item() / ((own - other) ** 2).sum().item())
+    return np.array(out)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixup_blends_as_many_images_as_ultralytics_half_and_half(marker_data, device):
+    """A blended image carries its partner's boxes after its own, and about half of its partner's pixels."""
+    share, ratio = {}, {}
+    for name, draw in both(device):
+        plain_imgs, plain = draw(marker_data, n=MARKER_IMAGES)
+        plain = by_class(plain)
+        _, draws = draw(marker_data, n=512, pixels=False, mixup=0.5)
+        mixed = np.array([len(c) == 2 * MARKERS for _, c in draws])
+        assert (has_boxes([(b[:MARKERS], c[:MARKERS]) for b, c in draws], plain) | ~mixed).all()  # own boxes first
+        assert ((np.array([len(c) for _, c in draws]) == MARKERS) | mixed).all()
+        share[name] = mixed.mean()
+        ratio[name] = blend_ratios(*draw(marker_data, n=64, mixup=0.5), plain, plain_imgs)
+        assert ((0.25 < ratio[name]) & (ratio[name] < 0.75)).all(), name  # Beta(32, 32): 0.5, give or take 0.06
+    assert abs(share["Ultralytics"] - 0.5) < 0.1
+    assert abs(share["GPU"] - share["Ultralytics"]) < 0.1, f"share of blended images {share}"
+    assert abs(ratio["GPU"].mean() - ratio["Ultralytics"].mean()) < 0.05, f"blend ratios {ratio}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("knob, axis", [("fliplr", 0), ("flipud", 1)])
+def test_a_flip_knob_mirrors_as_many_images_as_ultralytics(marker_data, knob, axis, device):
+    """Each image's boxes are its plain self's, or mirrored on that axis; as many mirrored as in Ultralytics."""
+    share = {}
+    for name, draw in both(device):
+        plain = by_class(draw(marker_data, n=MARKER_IMAGES, pixels=False)[1])
+        _, draws = draw(marker_data, n=512, pixels=False, **{knob: 0.5})
+        mirrored = has_boxes(draws, plain, flip=axis)
+        assert (mirrored | has_boxes(draws, plain)).all()  # mirrored the right way, or not at all
+        share[name] = mirrored.mean()
+    assert abs(share["Ultralytics"] - 0.5) < 0.1
+    assert abs(share["GPU"] - share["Ultralytics"]) < 0.1, f"share of images mirrored by {knob}=0.5: {share}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("knob, axis", [("fliplr", 0), ("flipud", 1)])
+def test_a_flip_knob_at_one_mirrors_every_box_and_pixel(marker_data, knob, axis, device):
+    """Same seed, the knob at 1 against 0, every other knob on: the same images, mirrored, like Ultralytics'."""
+    knobs = dict(mosaic=1.0, mixup=0.5, degrees=10.0, shear=3.0, translate=0.1, scale=0.3, hsv_h=0.05, hsv_s=0.5,
+                 hsv_v=0.4)
+    for name, draw in both(device):
+        imgs, draws = draw(marker_data, n=16, **knobs)
+        flipped, flipped_draws = draw(marker_data, n=16, **knobs, **{knob: 1.0})
+        for (b, c), (fb, fc) in zip(draws, flipped_draws):
+            assert len(b) and (c == fc).all(), name
+            mirror = b.copy()
+            mirror[:, axis] = KNOB_IMGSZ - b[:, axis]
+            assert np.abs(fb - mirror).max() < 1e-3, name
+        diff = (flipped - imgs.flip(3 - axis)).abs()
+        assert diff.mean() < 0.05 and (diff > 1).float().mean() < 0.001, name  # a sample on a tile's seam may flip
+
+
+def test_the_trainers_close_mosaic_leaves_plain_images_in_both_pipelines(marker_data):
+    """Ultralytics' trainer calls its train loader's dataset.close_mosaic(hyp) for the last CLOSE_MOSAIC epochs."""
+    from ultralytics.engine.trainer import BaseTrainer
+    args = knob_cfg(mosaic=1.0, mixup=1.0)
+    dataset, gpu = build(args, marker_data)
+    loaders = SimpleNamespace(dataset=dataset), gpu_data.GpuLoader(gpu, 16, 0)
+    for (name, draw), loader in zip(both("cpu"), loaders):
+        plain = by_class(draw(marker_data, n=MARKER_IMAGES, pixels=False)[1])
+        assert not has_boxes(draw_indexed(loader.dataset, 32, pixels=False)[1], plain).any(), name  # all mosaics
+        BaseTrainer._close_dataloader_mosaic(SimpleNamespace(train_loader=loader, args=args))
+        assert has_boxes(draw_indexed(loader.dataset, 32, pixels=False)[1], plain).all(), name
+
+
 @pytest.mark.parametrize("knobs", [{}, {"mosaic": 0.5, "degrees": 20.0, "shear": 5.0, "perspective": 0.0005,
                                           "flipud": 0.5, "mixup": 0.5, "hsv_h": 0.1}], ids=["defaults", "all-knobs"])
 def test_the_triton_renderer_draws_what_the_torch_renderer_draws(stats_data, knobs, monkeypatch):
@@ -186,10 +481,11 @@ def test_ddp_ranks_split_each_epoch_into_whole_batches(stats_data):
     assert set(seen[0]) | set(seen[1]) == set(gpu.dataset.im_files)
 
 
-def test_a_knob_the_gpu_pipeline_lacks_is_refused_at_start(tiny_data, tmp_path):
-    repo = make_repo(tmp_path, call_extra="copy_paste=0.5")
+@pytest.mark.parametrize("knob", ["copy_paste=0.5", "cutmix=0.5", "bgr=0.5", "rect=True"])  # prepare.GPU_UNSUPPORTED
+def test_a_knob_the_gpu_pipeline_lacks_is_refused_at_start(tiny_data, tmp_path, knob):
+    repo = make_repo(tmp_path, call_extra=knob)
     rc, log = run_train(repo, tiny_data / "data.yaml")
-    last = assert_failed(rc, log, "error: copy_paste=0.5 is not supported by the GPU data pipeline")
+    last = assert_failed(rc, log, f"error: {knob} is not supported by the GPU data pipeline")
     assert "GPU_DATA = False" in last
     assert "Epoch" not in log
 

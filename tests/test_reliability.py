@@ -22,7 +22,7 @@ def disk_use(folder):
 
 
 def git(repo, *args):
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=300).stdout
 
 
 def test_nan_loss_stops_the_run_at_once(tiny_data, tmp_path):
@@ -87,11 +87,20 @@ def test_a_truncated_jpeg_in_a_large_set_warns_and_is_never_rewritten(tmp_path):
 
 def test_two_agents_at_once_do_not_interfere(tiny_data, tmp_path):
     repos = [make_repo(tmp_path, name=f"worktree{i}") for i in (1, 2)]
+    # two trainings share the cores (more on a busy machine): the watchdog waits as it would for a 300 s budget
     env = {**os.environ, "AUTORESEARCH_TIME_BUDGET": "3", "YOLO_DATA": str(tiny_data / "data.yaml"),
-           "AUTORESEARCH_CACHE": str(tmp_path / "shared-cache")}
-    procs = [subprocess.Popen([sys.executable, "train.py"], cwd=r, env=env, stdout=open(r / "run.log", "w"),
-                              stderr=subprocess.STDOUT) for r in repos]
-    assert [p.wait(timeout=600) for p in procs] == [0, 0]
+           "AUTORESEARCH_CACHE": str(tmp_path / "shared-cache"), "AUTORESEARCH_OVERRUN_LIMIT": "570"}
+    procs = []
+    try:
+        for r in repos:
+            with open(r / "run.log", "w") as log:
+                procs.append(subprocess.Popen([sys.executable, "train.py"], cwd=r, env=env, stdout=log,
+                                              stderr=subprocess.STDOUT))
+        assert [p.wait(timeout=600) for p in procs] == [0, 0]
+    finally:
+        for p in procs:  # a run still going when the test failed (a timeout) is stopped, not left behind
+            p.kill()
+            p.wait(timeout=60)
     for r in repos:
         summary = summary_of((r / "run.log").read_text())
         assert summary["run_dir"] == str(r / "run")

@@ -1,18 +1,24 @@
 """Behaviour of the procedural ship-imagery generator (the synthetic stand-in, harness/synthetic.py)."""
 
+import os
 import re
+import signal
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 import yaml
 
+from conftest import REPO
 from harness import common, synthetic
 from harness.dataset import check_dataset, find_dataset
 from harness.synthetic import generate_synthetic, render_scene, save_sample_mosaic
 
 TINY = {"train": 12, "valid": 4, "test": 4}
 NAME_RE = re.compile(r"^synth_\d{5}_jpg\.rf\.[0-9a-f]{32}\.jpg$")
+HANG_S = 300  # a process that has not ended by then hangs: it takes seconds even on a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +144,21 @@ def test_losing_the_rename_race_keeps_the_winner(tmp_path, monkeypatch):
 
 
 def test_generation_works_after_cv2_was_used_in_this_process(tmp_path):
-    # a forked worker inherits cv2's thread pool in a broken state and hangs; the pool must spawn
-    render_scene(np.random.default_rng(0))
-    assert generate_synthetic(tmp_path / "after_cv2", {"valid": 2}, seed=0, workers=1).exists()
+    # A forked worker inherits cv2's thread pool in a broken state and hangs; the pool must spawn. The process
+    # runs apart, in a session of its own with its pool's workers: a hang fails this test and leaves no process.
+    code = ("import numpy as np; from harness.synthetic import generate_synthetic, render_scene; "
+            "render_scene(np.random.default_rng(0)); "
+            f"generate_synthetic({str(tmp_path / 'after_cv2')!r}, {{'valid': 2}}, seed=0, workers=1)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=HANG_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"generation hung after cv2 was used in the process: no end in {HANG_S} s\n{out[-2000:]}")
+    assert proc.returncode == 0, out[-3000:]
+    assert (tmp_path / "after_cv2" / "data.yaml").is_file()
 
 
 def test_prepare_checks_accept_the_generated_set(dataset):
