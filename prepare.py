@@ -1,8 +1,8 @@
 """
-The fixed contract of autoresearch for ship detection: the time budget, the metric, the honest-metric guard,
-every way a run ends, and the summary. Read-only for the agent. The machinery behind it (dataset checks, the
-synthetic stand-in, the GPU data pipeline, several GPUs, the progress plot) lives in the read-only package
-harness/, which needs no reading.
+The fixed contract of autoresearch for ship detection: the time budget, the metric, what the supervisor checks and
+enforces, every way a run ends, and the summary. Read-only for the agent. The machinery behind it (dataset checks,
+the synthetic stand-in, the GPU data pipeline, several GPUs, the supervisor's process handling, the progress plot)
+lives in the read-only package harness/, which needs no reading.
 
 Usage:
     uv run prepare.py                        # find and check the dataset, print its stats
@@ -10,21 +10,23 @@ Usage:
     uv run prepare.py --weights yolo11n.pt   # one-time download of pretrained weights into weights/
     uv run prepare.py progress               # results.tsv -> progress.png and a short text summary
 
-train.py imports this module first: the import makes the run offline and turns any failure into one `error:`
-line. start() checks dataset, device and weights before any GPU time is spent; model.train(trainer=Trainer)
-trains on the fixed clock; finish() guards the metric and prints the summary, the last lines of the log.
+`uv run train.py > run.log 2>&1`: train.py's first line imports this module, and that process becomes the
+supervisor before any of train.py's own code runs. It checks and fingerprints the dataset, runs train.py again as
+a child that trains (start(), model.train(trainer=Trainer), finish()), holds the time limits, validates the
+child's best.pt itself and prints the summary: the last lines of the log.
 
-A run ends in one of two ways. Either the summary (finish()) is the last thing printed and the exit code is 0,
-or the last line is one `error:` line, there is no `fitness:` line and the exit code is not 0: a bad dataset,
-DEVICE or knob (start(), before training); out of memory; a NaN loss (Trainer); a changed evaluation or no
-final validation (guard()); a run still going OVERRUN_LIMIT seconds after its checks (the watchdog); SIGTERM
-or Ctrl-C; any other exception. A train.py that does not parse never gets here: Python's SyntaxError ends it.
+A run ends in one of two ways. Either the summary is the last thing printed and the exit code is 0, or the last
+line is one `error:` line, there is no `fitness:` line and the exit code is not 0: a bad dataset (before the
+child starts), a bad DEVICE, knob or MODEL (start(), before training), out of memory, a NaN loss, a changed
+evaluation, a second training, the time limits, a dataset changed during the run, a child that crashed, was
+killed or exited without finishing, SIGTERM or Ctrl-C. A train.py that does not parse never gets here: Python's
+SyntaxError ends it.
 """
 
 import errno
 import functools
+import json
 import math
-import multiprocessing
 import os
 import shutil
 import signal
@@ -35,10 +37,11 @@ from copy import copy
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import ddp, runtime
-from harness.common import CACHE_DIR, DEFAULT_DATA, RUN_DIR, HarnessError, banner, warn
-from harness.dataset import check_dataset, dataset_line, find_dataset, write_run_yaml
-from harness.device import download_weights, pick_device, resolve_weights
+from harness import ddp, runtime, supervisor
+from harness.common import CACHE_DIR, DEFAULT_DATA, REPO_DIR, RUN_DIR, HarnessError, banner, warn
+from harness.dataset import (check_dataset, content_fingerprint, dataset_line, describe_changes, find_dataset,
+                             write_run_yaml)
+from harness.device import peak_vram_mb, pick_device, resolve_weights, trained_here, trained_on
 
 # ---------------------------------------------------------------------------
 # Constants (fixed, do not modify)
@@ -50,18 +53,18 @@ FITNESS_KEY = "metrics/mAP50-95(B)"  # the one number the agent maximizes
 # Tests shorten the budget; nothing may lengthen it, and the summary always shows it.
 if "AUTORESEARCH_TIME_BUDGET" in os.environ:
     TIME_BUDGET = min(TIME_BUDGET, float(os.environ["AUTORESEARCH_TIME_BUDGET"]))
-# A run still going this long after its checks (570 s for the 300 s budget) is stopped by the harness itself,
-# before the agent's 10-minute kill: set-up and the final validation get plenty of slack.
-OVERRUN_LIMIT = 1.8 * TIME_BUDGET + 30
-# Tests with a few seconds of budget may set it, never past the 300 s budget's limit: a DDP test's two workers
-# start slowly on a busy machine.
-if "AUTORESEARCH_OVERRUN_LIMIT" in os.environ:
-    OVERRUN_LIMIT = min(float(os.environ["AUTORESEARCH_OVERRUN_LIMIT"]), 1.8 * 300 + 30)
-# Evaluation settings that train.py must leave at Ultralytics' defaults (the honest-metric guard).
+# The supervisor's limits, on its own clock. From the child's start to its first training step (imports, device,
+# decoding the images, building the model); with several GPUs the workers' start comes on top of the budget.
+SETUP_LIMIT = 150
+# After the budget: the last step, the checkpoint, and with VAL = True the last epoch's validation.
+GRACE = 0.2 * TIME_BUDGET + 30
+EXIT_GRACE = 30                      # from prepare.finish() to the child's exit
+# Evaluation settings that train.py must leave at Ultralytics' defaults: with VAL = True they choose best.pt.
 EVAL_ARGS = ("split", "conf", "iou", "max_det", "classes", "agnostic_nms", "augment", "single_cls")
 # Ultralytics knobs the GPU data pipeline (GPU_DATA = True) does not implement, with the only value it accepts.
 GPU_UNSUPPORTED = {"copy_paste": 0.0, "cutmix": 0.0, "bgr": 0.0, "rect": False}
 GPU_DATA_ENV = "AUTORESEARCH_GPU_DATA"  # how train.py's GPU_DATA reaches DDP workers
+DATASET_ENV = "AUTORESEARCH_DATASET"    # the supervisor's checked dataset, handed to the child
 
 # ---------------------------------------------------------------------------
 # Import-time setup: offline before Ultralytics is imported, every failure one `error:` line
@@ -101,9 +104,12 @@ def _excepthook(exc_type, exc, tb):
     if not isinstance(exc, (HarnessError, KeyboardInterrupt)):
         sys.__excepthook__(exc_type, exc, tb)
         sys.stderr.flush()
-    print(f"error: {describe_failure(exc, tb)}", flush=True)
-    if ddp.ddp_rank() >= 0:  # a DDP worker: its parent ends the log with this line, not torch.distributed's
+    if ddp.ddp_rank() >= 0:  # a DDP worker: its parent ends with this line, not torch.distributed's
         ddp.write_handoff(ddp.ddp_rank(), {"error": describe_failure(exc, tb)})
+    if supervisor.is_child():  # the supervisor prints it, last
+        supervisor.report("error", error=describe_failure(exc, tb))
+    else:
+        print(f"error: {describe_failure(exc, tb)}", flush=True)
 
 
 def _sigterm(signum, frame):
@@ -114,21 +120,160 @@ def _sigterm(signum, frame):
 
 
 runtime.go_offline()
+supervisor.take_report_pipe()
 sys.excepthook = _excepthook
 if __name__ != "__mp_main__":  # worker processes keep their default handlers
     signal.signal(signal.SIGTERM, _sigterm)
 
 # ---------------------------------------------------------------------------
-# Before training: start() checks everything, then the watchdog holds the overrun limit
+# The supervisor: train.py's own process, which never runs train.py's code
+# ---------------------------------------------------------------------------
+
+
+def supervise():
+    """Check the dataset, run train.py's child, hold the limits, validate its best.pt, print the summary.
+    Returns the exit code (0: the summary was printed); a failure raises HarnessError, the last line."""
+    yaml_path, kind = find_dataset()
+    if kind == "synthetic":
+        banner(f"no dataset in {DEFAULT_DATA.parent}/ and no YOLO_DATA: training on the SYNTHETIC "
+               "stand-in (data: synthetic). Put Kaggle's ships-aerial-images there for real results.")
+    stats = check_dataset(yaml_path)
+    print(dataset_line(yaml_path, kind, stats))
+    splits = [stats[s][0] for s in ("train", "val", "test") if s in stats]
+    t = time.time()
+    before, last_run = content_fingerprint(yaml_path, splits)
+    print(f"dataset fingerprint: {len(before)} files in {time.time() - t:.1f} s")
+    if last_run and (changes := describe_changes(last_run, before)):
+        warn(f"the dataset changed since the previous run: {changes}")
+    shutil.rmtree(RUN_DIR, ignore_errors=True)  # nothing of an earlier run can pass for this one's
+    os.environ[DATASET_ENV] = json.dumps({"yaml": str(yaml_path), "kind": kind, "stats": stats}, default=str)
+    child = supervisor.Child(sys.argv)
+    threading.Thread(target=lambda: __import__("ultralytics"), daemon=True).start()  # ready when the child ends
+    try:
+        done = hold_limits(child)
+    except KeyboardInterrupt:
+        child.stop()
+        child.finish()
+        raise HarnessError(describe_failure(KeyboardInterrupt())) from None
+    code = child.finish()
+    error = child.first("error")
+    if error or code or not done:
+        how = supervisor.describe_exit(code)
+        raise HarnessError(error["error"] if error else
+                           f"train.py ended ({how}) without finishing: it must call prepare.start(), "
+                           "model.train(...) and prepare.finish(model); the log above says where it stopped")
+    after, _ = content_fingerprint(yaml_path, splits)
+    if changes := describe_changes(before, after):
+        raise HarnessError(f"the dataset changed during the run: {changes}; train.py must not write there "
+                           "(program.md); restore the dataset")
+    metrics, val_seconds, val_peak = validate_best(done, yaml_path, stats)
+    return print_summary(done, child, metrics, val_seconds, val_peak, yaml_path, kind)
+
+
+def hold_limits(child):
+    """Wait for the child under the supervisor's clock: training must start within SETUP_LIMIT, finish within
+    the budget plus GRACE, and the child exit within EXIT_GRACE. Returns its `done` report (None if it exited
+    without one); stops the child and raises HarnessError at a limit or at a second training."""
+    started = lambda: child.first("train_start")  # noqa: E731
+    if not child.wait(started, child.started + SETUP_LIMIT) and child.proc.poll() is None:
+        child.stop()
+        raise HarnessError(f"train.py had not started training {SETUP_LIMIT} s after it began (imports, checks, "
+                           "decoding the images, building the model); stopped. Look at the end of the log for "
+                           "where it stood; a slow machine: lower IMGSZ or the model's size")
+    if not started():
+        return None
+    limit = TIME_BUDGET + GRACE + (SETUP_LIMIT if started().get("ddp") else 0)
+    more = lambda: sum(e["event"] == "train_start" for e in child.events) > 1  # noqa: E731
+    if not child.wait(lambda: child.first("done") or more(), started()["at"] + limit) and \
+            child.proc.poll() is None:
+        child.stop()
+        epochs = [e for e in child.events if e["event"] == "epoch"]
+        where = (f"{len(epochs)} epochs done, {epochs[-1]['images']} images at {epochs[-1]['rate']:.1f} images/s"
+                 if epochs else "no epoch done")
+        raise HarnessError(f"the run overran: still going {limit:.0f} s after training started (time budget "
+                           f"{TIME_BUDGET:g} s, then {GRACE:.0f} s for the last step and checkpoint), {where}; "
+                           "stopped. A slow machine: lower IMGSZ, BATCH or the model's size; if training had "
+                           "stopped advancing, the end of the log shows what hung")
+    if more():
+        child.stop()
+        raise HarnessError("train.py started a second training: one model.train(...) per run, one budget of "
+                           "training; put everything in one call")
+    done = child.first("done")
+    if done and not child.wait(lambda: child.proc.poll() is not None, done["at"] + EXIT_GRACE):
+        child.stop()
+        raise HarnessError(f"train.py did not exit {EXIT_GRACE} s after prepare.finish() (a thread or process "
+                           "left running?); stopped")
+    return done
+
+
+def validate_best(done, yaml_path, stats):
+    """The metric: Ultralytics' validator on the child's run/weights/best.pt, with Ultralytics' default settings
+    (no setting of the child's but the image size it trained at) on the fixed val split. Checks first that
+    best.pt is this run's, trained on this run's data.yaml from weights this harness did not train. Returns
+    (metrics, seconds, peak GPU memory in MB)."""
+    best = RUN_DIR / "weights" / "best.pt"
+    if not best.is_file() or best.stat().st_mtime < T0:
+        raise HarnessError(f"no {best} from this run: the child finished without saving its weights")
+    runtime.configure_ultralytics()
+    from ultralytics import YOLO
+    from ultralytics.utils.patches import torch_load
+    args = torch_load(best, map_location="cpu", weights_only=False).get("train_args") or {}
+    if Path(str(args.get("data"))).resolve() != (RUN_DIR / "data.yaml").resolve():
+        raise HarnessError(f"best.pt was trained on data={args.get('data')}, not run.data; put it back")
+    start = str(args.get("model") or "")
+    if start.endswith(".pt") and Path(start).is_file() and (why := trained_here(trained_on(start), yaml_path)):
+        raise HarnessError(f"training started from {start}, which this harness trained ({why}); weights from "
+                           "earlier runs are refused: use released weights or a .yaml")
+    device = done["device"][0] if isinstance(done["device"], list) else done["device"]
+    data = write_run_yaml(stats, CACHE_DIR / "val" / f"{os.getpid()}.yaml")  # the supervisor's own copy
+    t = time.time()
+    metrics = YOLO(str(best)).val(data=str(data), split="val", device=device, single_cls=False, plots=False,
+                                  project=str(RUN_DIR), name="val", exist_ok=True)
+    data.unlink()
+    return metrics.results_dict, time.time() - t, peak_vram_mb(device)
+
+
+def print_summary(done, child, m, val_seconds, val_peak, yaml_path, kind):
+    """The summary: the last lines of the log. Returns 0, the exit code."""
+    fitness = float(m[FITNESS_KEY])
+    if not math.isfinite(fitness):
+        raise HarnessError(f"{FITNESS_KEY} is {fitness}: the training diverged; lower LR0, or try AMP = False")
+    # the child's clock, never longer than the supervisor's from the first step to prepare.finish()
+    training_seconds = min(done["training_seconds"], done["at"] - child.first("train_start")["at"])
+    summary = {
+        "fitness_key": FITNESS_KEY,
+        "fitness": f"{fitness:.6f}",
+        "training_seconds": f"{training_seconds:.1f}",
+        "total_seconds": f"{time.time() - T0:.1f}",
+        "peak_vram_mb": f"{max(done['peak_vram_mb'], val_peak):.1f}",
+        "precision": f"{float(m['metrics/precision(B)']):.6f}",
+        "recall": f"{float(m['metrics/recall(B)']):.6f}",
+        "map50": f"{float(m['metrics/mAP50(B)']):.6f}",
+        "map50_95": f"{fitness:.6f}",
+        "epoch": done["epoch"] + 1,
+        "val_seconds": f"{val_seconds:.1f}",
+        "time_budget_s": f"{TIME_BUDGET:g}",
+        "train_images_per_s": f"{done['trained_images'] / max(training_seconds, 1e-9):.1f}",
+        "data": kind,
+        "dataset": str(yaml_path),
+        "weights": done["weights"],
+        "device": done["device_name"],
+        "run_dir": str(RUN_DIR),
+    }
+    print("---")
+    for k, v in summary.items():
+        print(f"{k}: {v}")
+    return 0
+
+# ---------------------------------------------------------------------------
+# The child: start() checks device, knobs and weights before any GPU time is spent
 # ---------------------------------------------------------------------------
 
 
 @dataclass
 class Run:
-    """What train.py needs from the harness, and what the summary reports."""
-    data: str                  # the dataset YAML training uses: source, resolved, in the run folder
-    source: Path               # the dataset YAML as found
-    kind: str                  # real, YOLO_DATA or synthetic
+    """What train.py needs from the harness."""
+    data: str                  # the dataset YAML training uses: the checked dataset, resolved, in the run folder
     splits: dict               # train and val image folders: the guard checks training used these
     device: object             # a GPU index, [0, 1, ...] (DDP) or "cpu", as Ultralytics takes it
     device_name: str
@@ -139,63 +284,41 @@ class Run:
 
 
 _RUN = None
-_TRAINER = None  # the trainer of this run, for the watchdog's line
 
 
 def start(model, device=None, gpu_data=True):
-    """Check dataset, device and weights before any GPU time is spent; returns the Run for train.py's call.
+    """Check device and weights before any GPU time is spent; returns the Run for train.py's call.
     device: train.py's DEVICE (None: GPU 0, else the CPU; 1: GPU 1; [0, 1]: one run over both). gpu_data: train
     from images decoded once and augmented on the GPU (else Ultralytics' CPU workers)."""
     global _RUN
+    if DATASET_ENV not in os.environ:
+        raise HarnessError("prepare.start() runs in train.py's child: run `uv run train.py`")
     request = device
     device, device_name = pick_device(request)  # first: a bad DEVICE fails before anything is written
     os.environ[GPU_DATA_ENV] = "1" if gpu_data else "0"  # an environment variable reaches DDP workers too
-    yaml_path, kind = find_dataset()
-    if kind == "synthetic":
-        banner(f"no dataset in {DEFAULT_DATA.parent}/ and no YOLO_DATA: training on the SYNTHETIC "
-               "stand-in (data: synthetic). Put Kaggle's ships-aerial-images there for real results.")
-    stats = check_dataset(yaml_path)
-    print(dataset_line(yaml_path, kind, stats))
-    shutil.rmtree(RUN_DIR, ignore_errors=True)  # one run folder, reused: disk use stays flat
-    RUN_DIR.mkdir(parents=True)
-    data = write_run_yaml(stats)
+    checked = json.loads(os.environ[DATASET_ENV])
+    stats = {k: (Path(v[0]), v[1], v[2]) if k in ("train", "val", "test") else v for k, v in checked["stats"].items()}
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    data = write_run_yaml(stats, RUN_DIR / "data.yaml")
     runtime.configure_ultralytics()
+    supervisor.watch_trainings()
     if device == "cpu" and request is None:
         banner("no CUDA GPU found: training on the CPU. It works, about 100x slower; "
                "metrics are not comparable with GPU runs.")
-    weights, weights_note = resolve_weights(model)
+    weights, weights_note = resolve_weights(model, checked["yaml"])
     print(f"time budget: {TIME_BUDGET:g} s | device: {device_name} | weights: {weights_note}")
-    splits = {s: str(stats[s][0]) for s in ("train", "val")}
-    _RUN = Run(str(data), yaml_path, kind, splits, device, device_name, weights, weights_note)
-    threading.Thread(target=_watchdog, daemon=True).start()
+    _RUN = Run(str(data), {s: str(stats[s][0]) for s in ("train", "val")}, device, device_name, weights,
+               weights_note)
     return _RUN
 
 
-def _watchdog():
-    """Stop a run that overran its budget (a machine too slow for the settings, a hang) from the inside."""
-    time.sleep(OVERRUN_LIMIT)
-    print(f"error: the run overran: still going {OVERRUN_LIMIT:.0f} s after its checks (time budget "
-          f"{TIME_BUDGET:g} s) {training_progress(_TRAINER)}; stopped by the harness. A slow machine: lower "
-          "IMGSZ, BATCH or the model's size; if training had stopped advancing, the end of the log shows "
-          "what hung", flush=True)
-    for child in multiprocessing.active_children():  # dataloader workers
-        child.kill()
-    for group in ddp.DDP_GROUPS:  # DDP workers, with their own dataloader workers
-        ddp.stop_group(group, grace=0)
-    os._exit(3)
-
-
-def training_progress(trainer):
-    """How far training got, in words: epoch, images trained and their rate."""
-    images = getattr(trainer, "trained_images", 0)
-    if not images:
-        return "with no training batch finished in this process"
-    seconds = time.time() - trainer.train_time_start
-    return f"in epoch {trainer.epoch + 1}, {images} images trained ({images / seconds:.1f} images/s)"
-
-
-def check_gpu_data_args(args):
-    """Refuse knobs the GPU pipeline would otherwise ignore: say so at start-up, not never."""
+def check_knobs(args):
+    """Refuse knobs that write where they must not, or that the GPU pipeline would ignore: at start-up, not never."""
+    if args.cache == "disk":
+        raise HarnessError("cache='disk' writes .npy files into the dataset's folders; use cache='ram' "
+                           "(with GPU_DATA = False) or leave cache off")
+    if os.environ.get(GPU_DATA_ENV) != "1":
+        return
     bad = [f"{k}={getattr(args, k)!r}" for k, ok in GPU_UNSUPPORTED.items() if getattr(args, k) != ok]
     if bad:
         raise HarnessError(f"{', '.join(bad)} is not supported by the GPU data pipeline; set GPU_DATA = False "
@@ -220,36 +343,34 @@ def __getattr__(name):
 def _trainer_class():
     runtime.configure_ultralytics()
     from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.utils import DEFAULT_CFG
 
     from harness.gpu_data import GpuDataset, GpuLoader
 
     class Trainer(DetectionTrainer):
-        """Ultralytics' detection trainer with the harness inside: the training clock stops where its final
-        validation starts, every batch counts its images, a NaN loss ends the run at once, and checkpoints are
-        written only when they can matter. Under DDP each worker process rebuilds this class by importing
-        prepare, hands its clock, count and memory to the parent (harness/ddp.py), and the parent validates
-        best.pt itself."""
-        trained_images = 0         # images trained on (a DDP parent: every rank's)
-        training_seconds = 0.0     # the trainer's clock when the final validation starts (DDP: rank 0's)
+        """Ultralytics' detection trainer with the harness inside: it writes into the run folder only, its clock
+        stops at the last optimizer step, every batch counts its images, a NaN loss ends the run at once, the last
+        epoch is not validated (the supervisor validates best.pt), and checkpoints are written only when they can
+        matter. Under DDP each worker process rebuilds this class by importing prepare and hands its clock, count
+        and memory to the child (harness/ddp.py)."""
+        trained_images = 0         # images trained on (the DDP parent: every rank's)
+        training_seconds = 0.0     # the trainer's clock at its end (DDP: rank 0's)
 
-        def __init__(self, *args, **kwargs):
-            global _TRAINER
-            super().__init__(*args, **kwargs)
-            _TRAINER = self
+        def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
+            # whatever name, project or exist_ok train.py passes: the one run folder
+            overrides = {**(overrides or {}), "project": str(RUN_DIR.parent), "name": RUN_DIR.name, "exist_ok": True}
+            super().__init__(cfg, overrides, _callbacks)
+            check_knobs(self.args)
 
         def train(self):
             if not self.ddp:
                 return super().train()
+            supervisor.report("train_start", ddp=True)  # the workers' start counts on top of the budget
             ddp.train_ddp(self)
-            print(f"DDP: the workers' last validation (each GPU a share of the val split): {FITNESS_KEY} "
-                  f"{self.ddp_reports[0]['metrics'].get(FITNESS_KEY, float('nan')):.6f}; the summary reports "
-                  "best.pt validated here on one GPU, as a one-GPU run does it")
-            ddp.validate_best(self)
 
         def get_dataloader(self, dataset_path, batch_size=16, rank=0, mode="train"):
             if mode != "train" or os.environ.get(GPU_DATA_ENV) != "1":
                 return super().get_dataloader(dataset_path, batch_size, rank, mode)
-            check_gpu_data_args(self.args)
             if getattr(self, "gpu_data", None) is None:  # decoded once: an out-of-memory retry only re-batches
                 from ultralytics.utils.torch_utils import torch_distributed_zero_first
                 with torch_distributed_zero_first(rank):  # one process writes the label cache
@@ -258,7 +379,7 @@ def _trainer_class():
             return GpuLoader(self.gpu_data, batch_size, self.args.seed, rank, self.world_size)
 
         def preprocess_batch(self, batch):
-            self.trained_images += len(batch["img"])  # the last batch of an epoch may be smaller
+            self.trained_images += len(batch["img"])
             return super().preprocess_batch(batch)
 
         def _get_warmup_iterations(self, num_batches):
@@ -274,44 +395,40 @@ def _trainer_class():
 
         def optimizer_step(self):
             super().optimizer_step()
+            self.training_seconds = time.time() - self.train_time_start  # the clock stops at the last step
             # Stop early: no point spending the rest of the budget. Checked after the step, beside the
             # trainer's own per-batch sync, so the GPU is not drained before the step's kernels are launched.
             if not bool(self.loss.isfinite()):
                 raise HarnessError(f"loss is {float(self.loss)} in epoch {self.epoch + 1}: the training "
                                    "diverged; lower LR0, or try AMP = False")
 
-        def last_validation_is_best(self):
-            return self.fitness is not None and self.fitness == self.best_fitness
+        def validate(self):
+            if not self.args.val:  # VAL = False: nothing chooses among epochs, and the supervisor validates
+                return self.metrics, None  # results.csv keeps its metric columns, at 0
+            return super().validate()
 
         def save_model(self):
             # Two checkpoints can matter: a new best validation, and the end (nothing resumes a 5-minute run).
-            if self.stop or self.last_validation_is_best():
+            if self.stop or (self.fitness is not None and self.fitness == self.best_fitness):
                 return super().save_model()
             return False
 
         def final_eval(self):
-            self.training_seconds = time.time() - self.train_time_start
             rank = ddp.ddp_rank()
-            if rank >= 0:  # a DDP worker: the parent validates best.pt itself; hand it the rest
+            if rank >= 0:  # a DDP worker: hand the child its clock, images and memory
                 ddp.write_handoff(rank, ddp.worker_report(self, rank))
-                return
-            if self.last_validation_is_best() and FITNESS_KEY in self.metrics:
-                # best.pt holds the very weights the last validation just measured (always so with val=False).
-                print(f"final validation: best.pt is epoch {self.epoch + 1}, validated above")
-                return
-            return super().final_eval()
 
     Trainer.__module__, Trainer.__qualname__ = __name__, "Trainer"  # pickled by reference under DDP
     return Trainer
 
 # ---------------------------------------------------------------------------
-# After training: the honest-metric guard, then the summary (the last lines of the log)
+# After training: the guard on train.py's call, then the child's report to the supervisor
 # ---------------------------------------------------------------------------
 
 
 def guard(trainer, run):
-    """The honest-metric guard: the metric must be the final validation on the fixed val split, with
-    Ultralytics' default evaluation settings, after a run on the fixed time budget."""
+    """The guard on train.py's call: training on run.data (its splits unchanged) for the fixed budget, and the
+    evaluation settings, which choose best.pt with VAL = True, at Ultralytics' defaults."""
     from ultralytics.cfg import DEFAULT_CFG_DICT
     from ultralytics.data.utils import get_split_fraction
     args = trainer.args
@@ -328,13 +445,10 @@ def guard(trainer, run):
         changed.append(f"fraction={args.fraction!r} (validation must use the whole val split)")
     if changed:
         raise HarnessError("train.py changed what gets evaluated: " + "; ".join(changed) + "; put it back")
-    if not trainer.metrics or FITNESS_KEY not in trainer.metrics:
-        raise HarnessError("nothing was validated: the run ended without a final validation, "
-                           "so there is no metric to report")
 
 
 def finish(model):
-    """Guard the metric, then print the summary: the last thing the run prints. Returns the summary."""
+    """Guard train.py's call, then hand the supervisor what the summary needs. Returns that report."""
     run, trainer = _RUN, getattr(model, "trainer", None)
     if run is None or trainer is None:
         raise HarnessError("train.py must call prepare.start() and then model.train() before prepare.finish()")
@@ -342,36 +456,13 @@ def finish(model):
         raise HarnessError("train.py must pass trainer=prepare.Trainer to model.train(): it carries the "
                            "harness's clock and checks; put it back")
     guard(trainer, run)
-    if trainer.ddp:  # the workers trained and validated with their own copy of the settings: guard those too
+    if trainer.ddp:  # the workers trained with their own copy of the settings: guard those too
         guard(ddp.worker_view(trainer.ddp_reports[0]), run)
-    m = trainer.metrics
-    fitness = float(m[FITNESS_KEY])
-    if not math.isfinite(fitness):
-        raise HarnessError(f"{FITNESS_KEY} is {fitness}: the training diverged; lower LR0, or try AMP = False")
-    training_seconds = trainer.training_seconds
-    summary = {
-        "fitness_key": FITNESS_KEY,
-        "fitness": f"{fitness:.6f}",
-        "training_seconds": f"{training_seconds:.1f}",
-        "total_seconds": f"{time.time() - T0:.1f}",
-        "peak_vram_mb": f"{ddp.run_peak_vram_mb(run, trainer):.1f}",
-        "precision": f"{float(m['metrics/precision(B)']):.6f}",
-        "recall": f"{float(m['metrics/recall(B)']):.6f}",
-        "map50": f"{float(m['metrics/mAP50(B)']):.6f}",
-        "map50_95": f"{fitness:.6f}",
-        "epoch": trainer.epoch + 1,
-        "time_budget_s": f"{TIME_BUDGET:g}",
-        "train_images_per_s": f"{trainer.trained_images / max(training_seconds, 1e-9):.1f}",
-        "data": run.kind,
-        "dataset": str(run.source),
-        "weights": run.weights_note,
-        "device": run.device_name,
-        "run_dir": str(RUN_DIR),
-    }
-    print("---")
-    for k, v in summary.items():
-        print(f"{k}: {v}")
-    return summary
+    done = {"training_seconds": trainer.training_seconds, "trained_images": trainer.trained_images,
+            "epoch": trainer.epoch, "peak_vram_mb": ddp.run_peak_vram_mb(run, trainer), "device": run.device,
+            "device_name": run.device_name, "weights": run.weights_note}
+    supervisor.report("done", **done)
+    return done
 
 # ---------------------------------------------------------------------------
 # Command line
@@ -382,6 +473,7 @@ def main(argv=None):
     import argparse
 
     from harness import progress, synthetic
+    from harness.device import download_weights
     parser = argparse.ArgumentParser(description="Dataset prep and checks for autoresearch on ships.")
     parser.add_argument("command", nargs="?", default="check", choices=["check", "progress"])
     parser.add_argument("--synthetic", choices=sorted(synthetic.SYNTH_SCALES),
@@ -404,3 +496,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     sys.exit(main())
+elif __name__ == "prepare" and supervisor.is_supervisor(REPO_DIR / "train.py"):
+    sys.exit(supervise())

@@ -238,10 +238,43 @@ def dataset_line(yaml_path, kind, stats):
     return f"dataset: {kind} {yaml_path} | {splits}"
 
 
-def write_run_yaml(stats):
-    """The YAML training uses: absolute split folders, so paths from other machines just work."""
-    data = {"path": str(stats["train"][0].parent.parent), "nc": stats["nc"], "names": stats["names"]}
+def write_run_yaml(stats, path=None):
+    """The YAML training uses (by default run/data.yaml): absolute split folders, so paths from other machines
+    just work. Returns its path."""
+    data = {"path": str(Path(stats["train"][0]).parent.parent), "nc": stats["nc"], "names": stats["names"]}
     data.update({s: str(stats[s][0]) for s in ("train", "val", "test") if s in stats})
-    path = common.RUN_DIR / "data.yaml"
+    path = path or common.RUN_DIR / "data.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def content_fingerprint(yaml_path, split_dirs):
+    """{file: sha1 of its bytes} for the YAML and every image and label file of the splits. A file whose size and
+    mtime are those of the last call keeps its cached digest, so an unchanged dataset costs one walk of stats.
+    Also returns the state of the last call ({} on the first), for what changed since."""
+    memo = common.CACHE_DIR / "content" / (hashlib.sha1(str(yaml_path.resolve()).encode()).hexdigest() + ".json")
+    last = json.loads(memo.read_text()) if memo.is_file() else {}
+    now = {}
+    files = [str(yaml_path)] + [os.path.join(dirpath, f) for d in split_dirs for top in (d, label_folder(d))
+                                for dirpath, _, fs in sorted(os.walk(top)) for f in sorted(fs)]
+    for path in files:
+        st = os.stat(path)
+        old = last.get(path)
+        if old and old[:2] == [st.st_size, st.st_mtime_ns]:
+            now[path] = old
+        else:
+            with open(path, "rb") as f:
+                now[path] = [st.st_size, st.st_mtime_ns, hashlib.sha1(f.read()).hexdigest()]
+    write_atomic(memo, json.dumps(now).encode())
+    return {k: v[2] for k, v in now.items()}, {k: v[2] for k, v in last.items()}
+
+
+def describe_changes(before, after, shown=3):
+    """What differs between two content fingerprints, in a few words naming the first files; '' if nothing."""
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
+    parts = [f"{len(files)} {what} ({', '.join(files[:shown])}{', ...' if len(files) > shown else ''})"
+             for what, files in (("added", added), ("removed", removed), ("changed", changed)) if files]
+    return "; ".join(parts)

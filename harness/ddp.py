@@ -1,12 +1,11 @@
-"""Several GPUs (DEVICE = [0, 1] in train.py): Ultralytics' DDP workers, what they hand back, and the parent's
-final validation of best.pt.
+"""Several GPUs (DEVICE = [0, 1] in train.py): Ultralytics' DDP workers and what they hand back.
 
-The process that runs train.py (the parent) starts one worker process per GPU through torch.distributed.run.
-Ultralytics pickles prepare.Trainer by reference, so each worker imports prepare (offline settings, Ultralytics
-patches, the GPU data pipeline, NaN stop, excepthook) and trains on its share of every batch. The parent gets
-nothing back from Ultralytics but the checkpoints, so where a one-GPU run's final validation would start, each
-worker writes a small report (write_handoff) and exits; the parent then validates best.pt itself, as a one-GPU
-run's final validation does (validate_best).
+train.py's child (the DDP parent) starts one worker process per GPU through torch.distributed.run. Ultralytics
+pickles prepare.Trainer by reference, so each worker imports prepare (offline settings, Ultralytics patches, the
+GPU data pipeline, NaN stop, excepthook) and trains on its share of every batch. The parent gets nothing back from
+Ultralytics but the checkpoints, so where a one-GPU run would end, each worker writes a small report
+(write_handoff) and exits; the parent hands the supervisor the run's clock, images and memory, and the supervisor
+validates best.pt as it does for one GPU.
 """
 
 import json
@@ -15,13 +14,12 @@ import signal
 import subprocess
 import sys
 
-from harness import common
+from harness import common, supervisor
 from harness.common import HarnessError, warn, write_atomic
 from harness.device import peak_vram_mb, process_gpu_mb
 
 DDP_HANDOFF = "ddp-rank{rank}.json"  # one small report per worker in the run folder
 DDP_STOP_GRACE = 30  # seconds the DDP workers get to exit after SIGTERM before they are killed
-DDP_GROUPS = []  # DDP worker process groups still running: stopped whole on an interrupt or an overrun
 
 
 def ddp_rank():
@@ -76,8 +74,7 @@ def ddp_failure(reports, code, world_size):
 def train_ddp(trainer):
     """Ultralytics' DDP launch (BaseTrainer.train and utils/dist.py), kept in hand: the run folder stays (it
     holds run/data.yaml; Ultralytics would delete it), the workers run as one process group that an interrupt
-    or the watchdog stops whole, a worker's failure ends the log with its own `error:` line, and the final
-    validation is done here, on the first GPU, as in a one-GPU run."""
+    or the supervisor stops whole, and a worker's failure ends the log with its own `error:` line."""
     from ultralytics.utils.dist import ddp_cleanup, find_free_network_port, generate_ddp_file
     from ultralytics.utils.torch_utils import unset_deterministic
     try:
@@ -113,35 +110,15 @@ def train_ddp(trainer):
     trainer.epoch = first["epoch"]
 
 
-def validate_best(trainer):
-    """A one-GPU run's final validation, done in this process: the trainer's own val loader (rectangular
-    batches of 2 x BATCH, one device) and validator, FP16 on a GPU when AMP is on (as the per-epoch
-    validations leave it), then Ultralytics' own final_eval, which strips the checkpoints and validates
-    best.pt. trainer.metrics stays None without a best.pt (the guard says so)."""
-    from ultralytics.engine.trainer import BaseTrainer
-    if not trainer.best.exists():
-        return
-    if not hasattr(trainer.model, "stride"):  # built from a YAML in the DDP workers: this process has its name only
-        from ultralytics.nn.tasks import load_checkpoint
-        trainer.model = load_checkpoint(trainer.best)[0]  # the val loader pads images to its stride
-    trainer.test_loader = trainer.get_dataloader(trainer.data[trainer.args.split], batch_size=trainer.args.batch * 2,
-                                                 rank=-1, mode="val")
-    trainer.validator = trainer.get_validator()
-    amp = trainer.device.type != "cpu" and trainer.args.amp not in (False, "fp32")
-    trainer.validator.args.quantize = 16 if amp else None
-    BaseTrainer.final_eval(trainer)  # Ultralytics' own, without prepare.Trainer's clock and skip
-
-
 def run_group(cmd):
     """Run a command in a process group of its own and wait for it. Whatever ends the wait early (SIGTERM,
     Ctrl-C, an error) stops the whole group, so no DDP worker keeps a GPU after the run. Returns the exit code."""
     proc = subprocess.Popen(cmd, start_new_session=True)
-    DDP_GROUPS.append(proc)
+    supervisor.report("process_group", pgid=proc.pid)  # a supervisor that kills this process stops them too
     try:
         return proc.wait()
     finally:
         stop_group(proc)
-        DDP_GROUPS.remove(proc)
 
 
 def stop_group(proc, grace=DDP_STOP_GRACE):
@@ -164,8 +141,8 @@ def stop_group(proc, grace=DDP_STOP_GRACE):
 
 def ddp_peak_vram_mb(reports, held_mb, parent_gpu, parent_peak_mb):
     """Peak memory per GPU of a DDP run, as nvidia-smi would show it for the run's processes on that card:
-    each worker's peak plus what the parent held there while the workers ran; on the parent's GPU the
-    parent's own final validation (after the workers exited) when that is more."""
+    each worker's peak plus what the parent held there while the workers ran, or the parent's own peak there
+    when that is more."""
     per_gpu = {r["gpu"]: r["peak_vram_mb"] + held_mb.get(r["gpu"], 0.0) for r in reports}
     per_gpu[parent_gpu] = max(per_gpu.get(parent_gpu, 0.0), parent_peak_mb)
     return per_gpu

@@ -7,20 +7,51 @@ from pathlib import Path
 from harness import common
 from harness.common import HarnessError, banner
 
-def resolve_weights(name):
-    """(what YOLO() loads, how the summary describes it). Never downloads during a run:
-    a missing .pt falls back to the matching .yaml, trained from scratch, with a loud warning."""
+
+def resolve_weights(name, dataset=None):
+    """(what YOLO() loads, how the summary describes it). Never downloads during a run: a missing .pt falls back
+    to the matching .yaml, trained from scratch, with a loud warning. A .pt this harness trained is refused."""
     if name.endswith(".yaml"):
         return name, f"{name} (from scratch)"
     from ultralytics.utils import SETTINGS
     for path in (Path(name), common.WEIGHTS_DIR / name, Path(SETTINGS["weights_dir"]) / name):
         if path.is_file():
-            return str(path), f"{name} (pretrained)"
+            data = trained_on(path)
+            if why := trained_here(data, dataset):
+                raise HarnessError(f"MODEL = {name!r} in train.py: {path} was trained by this harness ({why}); "
+                                   "weights from earlier runs are refused, each experiment is one budget of training "
+                                   "from released weights or from scratch: use weights/ or a .yaml")
+            return str(path), f"{name} (pretrained{f' on {Path(data).name}' if data else ''})"
     scratch = Path(name).with_suffix(".yaml").name
     banner(f"{name} not found in weights/ (offline): training {scratch} from scratch. "
            f"To use pretrained weights, run `uv run prepare.py --weights {name}` once with internet "
            "access, or copy the file into weights/.")
     return scratch, f"{scratch} (from scratch: {name} not found)"
+
+
+def trained_on(path):
+    """The dataset YAML an Ultralytics checkpoint says it was trained on (its train_args), or '' if it says none."""
+    from ultralytics.utils.patches import torch_load
+    try:
+        ckpt = torch_load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        return ""  # not a checkpoint: YOLO() says what is wrong with it
+    args = ckpt.get("train_args") if isinstance(ckpt, dict) else None
+    return str((args or {}).get("data") or "")
+
+
+def trained_here(data, dataset=None):
+    """Why a checkpoint trained on `data` comes from this harness (a run folder, the stand-in, the dataset), or ''."""
+    if not data:
+        return ""
+    path = Path(data)
+    if path.name == "data.yaml" and path.parent.name == common.RUN_DIR.name:
+        return f"on {data}, a run folder's dataset"
+    if data.startswith(str(common.CACHE_DIR)) or path.parent.name.startswith("synthetic-"):
+        return f"on {data}, the stand-in"
+    if dataset and path.resolve() == Path(dataset).resolve():
+        return f"on {data}, this dataset"
+    return ""
 
 
 def download_weights(name):

@@ -15,10 +15,15 @@ def go_offline():
     """Set before Ultralytics is imported, so nothing reaches for the network; run.log reads in order."""
     os.environ["YOLO_OFFLINE"] = "1"      # no DNS probes, telemetry, update checks or asset downloads
     os.environ["YOLO_AUTOINSTALL"] = "0"  # never pip-install a "missing" requirement mid-run
-    os.environ["YOLO_CONFIG_DIR"] = str(common.CACHE_DIR / "ultralytics")  # settings and fonts live with us
+    os.environ["YOLO_CONFIG_DIR"] = str(config_dir())  # settings and fonts live with us
     os.environ.setdefault("MPLCONFIGDIR", str(common.CACHE_DIR / "matplotlib"))
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # run.log reads in order, and live, when stdout is a file
+
+
+def config_dir():
+    """Ultralytics' settings folder: one per checkout, since its settings name the checkout's runs and weights."""
+    return common.CACHE_DIR / "ultralytics" / hashlib.sha1(str(common.REPO_DIR).encode()).hexdigest()[:12]
 
 
 @functools.cache  # once: start() and prepare.Trainer both need it, and the patches must not stack
@@ -43,8 +48,11 @@ def configure_ultralytics():
     dataset_mod.save_dataset_cache_file = save_labels_cache
     # Ultralytics "restores" a truncated JPEG by rewriting it in place; it decodes as it is, so leave it.
     data_utils._replace_image = lambda im_file, write: None
-    if SETTINGS.get("sync"):
-        SETTINGS.update({"sync": False})
+    # No telemetry, and model.val() or a relative project= in train.py write into this checkout's run folder.
+    ours = {"sync": False, "runs_dir": str(common.RUN_DIR), "weights_dir": str(common.WEIGHTS_DIR),
+            "datasets_dir": str(common.CACHE_DIR / "datasets")}
+    if any(SETTINGS.get(k) != v for k, v in ours.items()):
+        SETTINGS.update(ours)
     # The AMP self-test loads yolo26n.pt from the internet; AMP is well supported on CUDA GPUs.
     trainer_mod.check_amp = lambda model: True
     # Progress bars redraw with '\r' ten times a second; in a log file print one line a minute.

@@ -138,7 +138,7 @@ report_one() {  # $1: label, $2: ceiling JSON
   local label=$1 peak
   peak=$(sort -n "$OUT/$label.smi" 2>/dev/null | tail -1)
   row "$label: nvidia-smi peak minus idle (MiB)" "$(( ${peak:-0} - $(head -1 "$OUT/$label.idle" 2>/dev/null || echo 0) ))"
-  for k in fitness training_seconds total_seconds peak_vram_mb epoch train_images_per_s weights; do
+  for k in fitness training_seconds total_seconds val_seconds peak_vram_mb epoch train_images_per_s weights; do
     row "$label: $k" "$(summary "$OUT/$label.log" $k)"
   done
   grep '^DDP: \(peak\|the workers\)' "$OUT/$label.log" | while read -r line; do row "$label" "$line"; done || true

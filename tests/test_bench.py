@@ -48,12 +48,12 @@ def test_profile_accounts_for_the_training_clock(profiled_run):
     assert all(p >= 0 for p in parts), t
     # disjoint spans inside the training clock (the profile rounds each to 1e-4)
     assert sum(parts) <= t["training_s"] + 1e-3, (parts, t)
-    # the harness's clock: from the trainer's clock start to a moment inside the (profiled) final eval
+    # the harness's clock: from the trainer's clock start to its last optimizer step, before the final eval
     stop = m["clock_start"] + float(summary["training_seconds"])
-    assert m["final_start"] - ROUNDING_S <= stop <= m["final_end"] + ROUNDING_S, (m, summary["training_seconds"])
+    assert m["clock_start"] < stop <= m["final_start"] + ROUNDING_S, (m, summary["training_seconds"])
     assert t["steady_img_per_s"] > 0
-    assert t["val_s"] > 0 and t["save_s"] > 0  # at least the last epoch validates and saves
-    assert t["validations"] == t["saves"] == 1  # VAL = False: only the last epoch does either
+    assert t["save_s"] > 0 and t["saves"] == 1  # VAL = False: the last epoch saves
+    assert t["val_s"] < 0.01  # and no epoch validates (the call returns at once): the supervisor validates best.pt
 
 
 def test_profile_marks_the_moments_in_order(profiled_run):
@@ -61,9 +61,8 @@ def test_profile_marks_the_moments_in_order(profiled_run):
     m = profile["moments"]
     assert 0 < m["pretrain_start"] <= m["pretrain_end"] <= m["clock_start"]
     assert m["clock_start"] < m["final_start"] <= m["final_end"] <= m["train_end"] <= m["atexit"]
-    assert m["atexit"] >= float(summary["total_seconds"]) - ROUNDING_S  # written after the summary
-    # best.pt is the last epoch, validated inside the clock: the final eval repeats nothing
-    assert profile["totals"]["final_val_s"] <= m["final_end"] - m["final_start"] + 1e-3
+    assert m["atexit"] < float(summary["total_seconds"])  # the child ends before the supervisor's summary
+    assert profile["totals"]["final_val_s"] == 0  # the child validates nothing: the supervisor does
 
 
 def test_report_prints_rows_with_units(profiled_run, tmp_path):

@@ -33,9 +33,8 @@ def test_nan_loss_stops_the_run_at_once(tiny_data, tmp_path):
 
 def test_a_run_that_overruns_is_stopped_by_the_harness(tiny_data, tmp_path):
     repo = make_repo(tmp_path, after_train="import time; time.sleep(600)")  # a hang after training
-    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1, timeout=300)  # stopped at 1.8 * 1 + 30 s
-    assert_failed(rc, log, "error: the run overran: still going 32 s after its checks")
-    assert rc == 3
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1, timeout=300)  # stopped at 1 + 0.2 * 1 + 30 s
+    assert_failed(rc, log, "error: the run overran: still going 31 s after training started")
 
 
 def test_disk_full_while_saving_a_checkpoint(tiny_data, tmp_path):
@@ -87,9 +86,8 @@ def test_a_truncated_jpeg_in_a_large_set_warns_and_is_never_rewritten(tmp_path):
 
 def test_two_agents_at_once_do_not_interfere(tiny_data, tmp_path):
     repos = [make_repo(tmp_path, name=f"worktree{i}") for i in (1, 2)]
-    # two trainings share the cores (more on a busy machine): the watchdog waits as it would for a 300 s budget
     env = {**os.environ, "AUTORESEARCH_TIME_BUDGET": "3", "YOLO_DATA": str(tiny_data / "data.yaml"),
-           "AUTORESEARCH_CACHE": str(tmp_path / "shared-cache"), "AUTORESEARCH_OVERRUN_LIMIT": "570"}
+           "AUTORESEARCH_CACHE": str(tmp_path / "shared-cache")}
     procs = []
     try:
         for r in repos:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import (EASY_BUDGET, EASY_KNOBS, EASY_MAP_FLOOR, REVALIDATE, ROUND_EMA, assert_failed, make_repo,
+from conftest import (EASY_BUDGET, EASY_KNOBS, EASY_MAP_FLOOR, REVALIDATE, assert_failed, make_repo,
                       run_train, seed_grep, summary_of)
 
 SEED_KEYS = ["fitness_key", "fitness", "training_seconds", "total_seconds", "peak_vram_mb",
@@ -58,16 +58,11 @@ def default_run(tiny_data, tmp_path_factory):
     return repo, rc, log, tmp / "network.log"
 
 
-# The summary's metrics and the columns of Ultralytics' results.csv they come from
-RESULTS_COLUMNS = {"fitness": "metrics/mAP50-95(B)", "map50_95": "metrics/mAP50-95(B)", "map50": "metrics/mAP50(B)",
-                   "precision": "metrics/precision(B)", "recall": "metrics/recall(B)"}
-
-
 @pytest.fixture(scope="module")
 def easy_run(easy_data, tmp_path_factory):
     """One real run on data that a short CPU run learns (conftest's easy_data): its metrics are well above 0, so
-    comparing them means something. best.pt is validated again after training (ROUND_EMA, REVALIDATE)."""
-    repo = make_repo(tmp_path_factory.mktemp("easy"), knobs=EASY_KNOBS, before_train=ROUND_EMA, after_train=REVALIDATE)
+    comparing them means something. best.pt is validated again in the child after training (REVALIDATE)."""
+    repo = make_repo(tmp_path_factory.mktemp("easy"), knobs=EASY_KNOBS, after_train=REVALIDATE)
     rc, log = run_train(repo, easy_data / "data.yaml", budget=EASY_BUDGET)
     assert rc == 0, log[-3000:]
     return repo, log
@@ -80,15 +75,13 @@ def test_run_ends_with_the_seed_summary(easy_run):
     for key, pattern in FORMATS.items():
         assert re.fullmatch(pattern, summary[key]), f"{key}: {summary[key]}"
     assert summary["fitness_key"] == "metrics/mAP50-95(B)"
-    assert float(summary["map50_95"]) > EASY_MAP_FLOOR  # it learned: the comparisons below are not 0 with 0
-    # VAL = False: the one validation is the last epoch's, the last row of Ultralytics' results.csv (a row an epoch).
-    # The summary reports that row, fitness being its mAP50-95; both files round the same numbers to 6 digits.
+    assert float(summary["map50_95"]) > EASY_MAP_FLOOR  # it learned: the comparison below is not 0 with 0
+    # fitness is mAP50-95 of the supervisor's validation: the same number as the child's own validation of best.pt
+    assert summary["fitness"] == summary["map50_95"] == log.split("revalidated: ")[1].split()[0]
     import csv
-    with open(repo / "run" / "results.csv") as f:
+    with open(repo / "run" / "results.csv") as f:  # VAL = False: no epoch was validated during training
         rows = list(csv.DictReader(f))
-    assert len(rows) == int(summary["epoch"])
-    for key, column in RESULTS_COLUMNS.items():
-        assert float(summary[key]) == pytest.approx(float(rows[-1][column]), abs=1e-6), key
+    assert len(rows) == int(summary["epoch"]) and all(float(r["metrics/mAP50-95(B)"]) == 0 for r in rows)
     assert log.rstrip().splitlines()[-1].startswith("run_dir:")  # the summary is the last thing printed
 
 
@@ -111,8 +104,8 @@ def test_summary_extras_say_what_ran(default_run):
     with open(repo.parent / "first-results.csv") as f:  # a row per epoch, with Ultralytics' training clock
         clock = [float(row["time"]) for row in csv.DictReader(f)]
     assert len(clock) == epochs
-    # training_seconds is that clock, read as the final validation starts: after the last row (printed to 0.1 s)
-    assert clock[-1] <= training + 0.05, (clock, training)
+    # training_seconds is that clock at the last optimizer step: before the last epoch's row (printed to 0.1 s)
+    assert training <= clock[-1] + 0.05, (clock, training)
     # the budget stops training: every epoch but the last ended within it
     assert all(t <= budget for t in clock[:-1]), clock
     # and not before it ran out. Ultralytics stops when its clock passes the budget, or at the end of the epoch that
@@ -200,25 +193,6 @@ def test_guard_rejects_a_rewritten_dataset_yaml(tiny_data, tmp_path):
     assert "its splits were rewritten" in assert_failed(rc, log, "error: train.py changed what gets evaluated: ")
 
 
-def test_guard_rejects_a_run_with_nothing_validated(tiny_data, tmp_path):
-    repo = make_repo(tmp_path, after_train="model.trainer.metrics = {}")
-    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
-    assert_failed(rc, log, "error: nothing was validated")
-
-
-def test_the_metric_is_the_validation_of_the_final_weights(easy_run):
-    # VAL = False validates only the last epoch; best.pt is then that epoch, so its validation is the
-    # final one. An independent validation of best.pt after the run must give the same number.
-    _, log = easy_run
-    fitness = float(summary_of(log)["fitness"])
-    assert fitness > EASY_MAP_FLOOR  # it learned: not 0 compared with 0
-    assert "final validation: best.pt is epoch" in log
-    again = float(log.split("revalidated: ")[1].split()[0])
-    # The same float16 weights (ROUND_EMA); the re-validation fuses each conv with its batch norm, which moves the
-    # float32 sums in their last digits: measured differences are 0 to 3e-6, a box crossing a threshold is 1e-3.
-    assert abs(fitness - again) <= 1e-4, (fitness, again)
-
-
 def test_checkpoints_are_written_only_for_a_new_best_or_at_the_end(tiny_data, tmp_path):
     count_saves = "model.add_callback('on_model_save', lambda t: print(f'saved after epoch {t.epoch + 1}'))"
     repo = make_repo(tmp_path, before_train=count_saves)
@@ -229,12 +203,13 @@ def test_checkpoints_are_written_only_for_a_new_best_or_at_the_end(tiny_data, tm
     assert f"saved after epoch {epochs}" in log
 
 
-def test_with_val_every_epoch_best_pt_is_validated_again_when_it_is_not_the_last(tiny_data, tmp_path):
+def test_with_val_every_epoch_the_epochs_are_validated_in_training_and_best_pt_again_after(tiny_data, tmp_path):
     repo = make_repo(tmp_path, knobs={"VAL": "True"}, call_extra="patience=1000")
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=3)
     assert rc == 0, log[-3000:]
-    assert ("Validating" in log) != ("final validation: best.pt is epoch" in log)
-    assert summary_of(log)["fitness"]
+    epochs = int(summary_of(log)["epoch"])
+    validations = re.findall(r"^ +all +6 +28 ", log, flags=re.M)  # the tiny val split: 6 images, 28 boxes
+    assert len(validations) == epochs + 1  # one an epoch in training, then the supervisor's of best.pt
 
 
 def test_crash_ends_with_one_error_line(tiny_data, tmp_path):

@@ -1,0 +1,166 @@
+"""The supervisor: train.py's own process runs train.py again as a child and watches it. The child trains and
+reports through a pipe of its own; the supervisor relays the child's output, holds the time limits, stops the
+child's whole process group, and leaves the verdict to prepare.py. Nothing the child does can reach this process.
+"""
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+CHILD_ENV = "AUTORESEARCH_CHILD"          # set in the child (and so in every process it starts)
+REPORT_FD_ENV = "AUTORESEARCH_REPORT_FD"  # the child's end of the report pipe
+STOP_GRACE = 10                           # seconds between SIGTERM and SIGKILL
+# Lines of the child that could pass for the supervisor's last lines: relayed with CHILD_MARK in front.
+SUMMARY_KEYS = ("fitness_key", "fitness", "training_seconds", "total_seconds", "peak_vram_mb", "precision", "recall",
+                "map50", "map50_95", "epoch", "val_seconds", "time_budget_s", "train_images_per_s", "data", "dataset",
+                "weights", "device", "run_dir", "error")
+CHILD_MARK = "train.py| "
+
+
+def is_child():
+    return os.environ.get(CHILD_ENV) == "1"
+
+
+def is_supervisor(train_py):
+    """True in the process that runs this checkout's train.py directly: it supervises, and never trains."""
+    return not is_child() and bool(sys.argv) and Path(sys.argv[0]).resolve() == Path(train_py).resolve()
+
+
+_PIPE = {}  # the child's end of the report pipe, and the one process that may write to it
+
+
+def take_report_pipe():
+    """Child side, at import: keep the report pipe for this process alone (no process it starts inherits it)."""
+    fd = os.environ.pop(REPORT_FD_ENV, None)
+    if fd is not None:
+        os.set_inheritable(int(fd), False)
+        _PIPE.update(fd=int(fd), pid=os.getpid())
+
+
+def report(event, **fields):
+    """Child side: one event to the supervisor; nothing where there is no supervisor, or in a forked process."""
+    if _PIPE.get("pid") != os.getpid():
+        return
+    try:
+        os.write(_PIPE["fd"], (json.dumps({"event": event, **fields}, default=str) + "\n").encode())
+    except OSError:
+        pass  # the supervisor is gone: nothing is listening
+
+
+def mark(line):
+    """A child's line as the log shows it: marked when it could pass for a summary or error line."""
+    key = line.split(":", 1)[0]
+    return CHILD_MARK + line if line.strip() == "---" or (":" in line and key in SUMMARY_KEYS) else line
+
+
+class Child:
+    """train.py run again as the child, in a session of its own, its output relayed line by line, its reports
+    collected. `events` holds them in order, each with the supervisor's own time of arrival ("at")."""
+
+    def __init__(self, argv, out=sys.stdout):
+        read_fd, write_fd = os.pipe()
+        env = {**os.environ, CHILD_ENV: "1", REPORT_FD_ENV: str(write_fd), "PYTHONUNBUFFERED": "1"}
+        self.started = time.time()
+        self.proc = subprocess.Popen(
+            [sys.executable, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            pass_fds=(write_fd,), start_new_session=True)
+        os.close(write_fd)
+        self.events, self.groups, self.out = [], set(), out
+        self.changed = threading.Condition()
+        self.threads = [threading.Thread(target=self._relay, daemon=True),
+                        threading.Thread(target=self._collect, args=(read_fd,), daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def _relay(self):
+        for raw in iter(self.proc.stdout.readline, b""):
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.out.write(mark(line) + "\n")
+            self.out.flush()
+
+    def _collect(self, fd):
+        with os.fdopen(fd, "rb") as pipe:
+            for raw in pipe:
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    continue
+                event["at"] = time.time()
+                with self.changed:
+                    if event.get("event") == "process_group":  # DDP workers: stopped with the child
+                        self.groups.add(int(event["pgid"]))
+                    self.events.append(event)
+                    self.changed.notify_all()
+
+    def first(self, name):
+        """The first event of that name, or None."""
+        return next((e for e in self.events if e.get("event") == name), None)
+
+    def wait(self, until, deadline):
+        """Wait until until() is true, the child exits, or the deadline (epoch seconds) passes; returns whether
+        until() is true."""
+        while not until() and self.proc.poll() is None and time.time() < deadline:
+            with self.changed:
+                self.changed.wait(min(1.0, max(deadline - time.time(), 0.01)))
+        return until()
+
+    def stop(self, grace=STOP_GRACE):
+        """SIGTERM to the child's session and its DDP workers' groups, SIGKILL to whatever is left after grace."""
+        groups = [self.proc.pid, *self.groups]
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+            for pgid in groups:
+                try:
+                    os.killpg(pgid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            try:
+                self.proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def finish(self):
+        """The child's exit code, once its output and reports are all read (the relay ends with its stdout)."""
+        code = self.proc.wait()
+        for pgid in self.groups:  # a DDP worker left behind by a child that died outright
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for t in self.threads:
+            t.join(10)
+        return code
+
+
+def describe_exit(code):
+    """How the child ended, in words: 'exit code 1', 'signal SIGSEGV'."""
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+@functools.cache
+def watch_trainings():
+    """Child side: every Ultralytics trainer reports its first step (a second training is then seen) and each
+    epoch's end (how far a run got, should it overrun)."""
+    from ultralytics.engine.trainer import BaseTrainer
+    run_callbacks = BaseTrainer.run_callbacks
+
+    def reporting(self, event):
+        if event == "on_train_start":
+            report("train_start", trainer=type(self).__name__)
+        elif event == "on_fit_epoch_end":
+            images = getattr(self, "trained_images", 0)
+            report("epoch", epoch=self.epoch + 1, images=images,
+                   rate=images / max(time.time() - self.train_time_start, 1e-9))
+        return run_callbacks(self, event)
+
+    BaseTrainer.run_callbacks = reporting

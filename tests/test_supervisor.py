@@ -1,0 +1,270 @@
+"""The supervisor: train.py's own process runs train.py again as a child, holds the budget, validates best.pt
+itself and prints the last lines. Each test edits a copy of train.py the way an agent might, to move the metric
+or to end a run without an `error:` line, and asserts one of two outcomes: the run ends with an `error:` line, no
+`fitness:` line and a non-zero exit; or what the edit tried to change did not change (the metric, or anything
+outside the run folder)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_failed, make_repo, run_train, seed_grep, summary_of
+
+VALIDATE = """
+import json, sys
+import prepare
+from harness import runtime
+runtime.configure_ultralytics()
+from ultralytics import YOLO
+m = YOLO(sys.argv[1]).val(data=sys.argv[2], split="val", device="cpu", plots=False, project=sys.argv[3], name="v")
+print("METRICS " + json.dumps({k: float(v) for k, v in m.results_dict.items()}))
+"""
+
+
+def validate_independently(repo, data_yaml, tmp_path):
+    """Ultralytics' own validation of the run's best.pt with its default settings, in a process of its own."""
+    out = subprocess.run([sys.executable, "-c", VALIDATE, str(repo / "run" / "weights" / "best.pt"), str(data_yaml),
+                          str(tmp_path / "validation")], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(next(line[8:] for line in out.stdout.splitlines() if line.startswith("METRICS ")))
+
+
+def snapshot(*folders):
+    """Every file below the folders, with its size and mtime; a run folder's contents left out."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for folder in folders for p in Path(folder).rglob("*")
+            if p.is_file() and "run" not in p.relative_to(folder).parts[:1]}
+
+
+def edited(repo, old, new):
+    train = repo / "train.py"
+    text = train.read_text()
+    assert old in text, old
+    train.write_text(text.replace(old, new))
+    return repo
+
+
+# ---------------------------------------------------------------------------
+# Cumulative training: weights this harness trained are refused
+# ---------------------------------------------------------------------------
+
+def test_weights_an_earlier_run_trained_are_refused(tiny_data, tmp_path):
+    repo = make_repo(tmp_path)
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert rc == 0, log[-3000:]
+    (repo / "weights").mkdir()
+    shutil.copy(repo / "run" / "weights" / "best.pt", repo / "weights" / "mine.pt")
+    edited(repo, 'MODEL = "yolo11n.pt"', 'MODEL = "mine.pt"')
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    last = assert_failed(rc, log, "error: MODEL = 'mine.pt' in train.py: ")
+    assert "was trained by this harness" in last and "weights from earlier runs are refused" in last
+
+
+def test_training_from_such_weights_behind_starts_back_is_refused_after_the_run(tiny_data, tmp_path):
+    repo = make_repo(tmp_path)
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert rc == 0, log[-3000:]
+    shutil.copy(repo / "run" / "weights" / "best.pt", tmp_path / "mine.pt")
+    edited(repo, "model = YOLO(run.weights)", f"model = YOLO({str(tmp_path / 'mine.pt')!r})")  # start() not asked
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert "which this harness trained" in assert_failed(rc, log, "error: training started from ")
+
+
+def test_each_checkout_keeps_its_own_ultralytics_settings(tmp_path):
+    show = ("import json, prepare; from harness import runtime; runtime.configure_ultralytics(); "
+            "from ultralytics.utils import SETTINGS; "
+            "print(json.dumps([SETTINGS[k] for k in ('runs_dir', 'weights_dir', 'datasets_dir')]))")
+    for name in ("one", "two"):
+        repo = make_repo(tmp_path, name=name)
+        out = subprocess.run([sys.executable, "-c", show], cwd=repo, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        cache = Path(os.environ["AUTORESEARCH_CACHE"])
+        assert json.loads(out.stdout.splitlines()[-1]) == [str(repo / "run"), str(repo / "weights"),
+                                                           str(cache / "datasets")]
+
+# ---------------------------------------------------------------------------
+# More than the budget
+# ---------------------------------------------------------------------------
+
+AGAIN = ("model.train(trainer=prepare.Trainer, data=run.data, time=TIME_BUDGET / 3600, device=run.device, "
+         "imgsz=IMGSZ, batch=BATCH, nbs=NBS, workers=WORKERS)")
+
+
+@pytest.mark.parametrize("where", ["after_train", "before_train"])
+def test_a_second_training_ends_the_run(tiny_data, tmp_path, where):
+    # "progressive resizing": a first training at another size, then the real one, continued from it
+    first = AGAIN if where == "after_train" else "model.train(data=run.data, epochs=1, imgsz=32, batch=4, workers=0)"
+    repo = make_repo(tmp_path, **{where: first})
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert_failed(rc, log, "error: train.py started a second training")
+
+
+def test_a_budget_stretched_from_inside_is_stopped_by_the_supervisor(tiny_data, tmp_path):
+    stretch = ("prepare.GRACE = prepare.SETUP_LIMIT = 1e9\n"  # the supervisor's own limits are not these
+               "model.add_callback('on_train_start', lambda t: setattr(t.args, 'time', 1.0))")
+    repo = make_repo(tmp_path, before_train=stretch)
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    last = assert_failed(rc, log, "error: the run overran: still going 31 s after training started")
+    assert "epochs done" in last
+
+# ---------------------------------------------------------------------------
+# Evaluation changed, then hidden: the metric is the supervisor's own validation
+# ---------------------------------------------------------------------------
+
+HIDE = """
+import yaml
+d = yaml.safe_load(open(run.data)); d['val'] = d['train']; yaml.safe_dump(d, open(run.data, 'w'))
+prepare.FITNESS_KEY = 'metrics/mAP50(B)'
+model.trainer.metrics = {k: 1.0 for k in ('metrics/precision(B)', 'metrics/recall(B)', 'metrics/mAP50(B)',
+                                           'metrics/mAP50-95(B)')}
+model.trainer.args.conf = None
+"""
+
+
+def test_evaluation_changed_and_hidden_does_not_move_the_metric(easy_data, tmp_path):
+    repo = make_repo(tmp_path, knobs={"IMGSZ": "96", "BATCH": "8", "NBS": "8", "VAL": "True"}, after_train=HIDE,
+                     before_train="model.add_callback('on_val_start', lambda v: setattr(v.args, 'conf', 0.9))")
+    rc, log = run_train(repo, easy_data / "data.yaml", budget=15)
+    assert rc == 0, log[-3000:]
+    honest = validate_independently(repo, easy_data / "data.yaml", tmp_path)
+    summary = summary_of(log)
+    assert 0.1 < honest["metrics/mAP50-95(B)"] < 1.0  # it learned, and nothing above faked a perfect score
+    assert float(summary["fitness"]) == pytest.approx(honest["metrics/mAP50-95(B)"], abs=1e-6)
+    assert float(summary["map50"]) == pytest.approx(honest["metrics/mAP50(B)"], abs=1e-6)
+
+
+def test_a_run_that_never_trains_ends_with_an_error(tiny_data, tmp_path):
+    repo = edited(make_repo(tmp_path), "model.train(\n", "dict(\n")
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert_failed(rc, log, "error: train.py must call prepare.start() and then model.train()")
+
+# ---------------------------------------------------------------------------
+# The dataset: changed during a run is an error, changed between runs is named
+# ---------------------------------------------------------------------------
+
+def test_writing_into_the_dataset_during_a_run_ends_it(dataset, tmp_path):
+    leak = (f"import shutil, glob; im = sorted(glob.glob({str(dataset / 'valid' / 'images' / '*')!r}))[0]; "
+            f"shutil.copy(im, {str(dataset / 'train' / 'images')!r})")
+    repo = make_repo(tmp_path, after_train=leak)
+    rc, log = run_train(repo, dataset / "data.yaml", budget=1)
+    last = assert_failed(rc, log, "error: the dataset changed during the run: 1 added (")
+    assert str(dataset / "train" / "images") in last
+
+
+def test_a_dataset_changed_between_runs_is_named_in_the_log(dataset, tmp_path):
+    repo = make_repo(tmp_path)
+    assert run_train(repo, dataset / "data.yaml", budget=1)[0] == 0
+    label = sorted((dataset / "train" / "labels").iterdir())[0]
+    label.write_text(label.read_text() + "0 0.5 0.5 0.1 0.1\n")
+    rc, log = run_train(repo, dataset / "data.yaml", budget=1)
+    assert rc == 0, log[-3000:]
+    assert f"WARNING: the dataset changed since the previous run: 1 changed ({label})" in log
+
+# ---------------------------------------------------------------------------
+# The last lines are the supervisor's
+# ---------------------------------------------------------------------------
+
+def test_lines_that_could_pass_for_the_summary_are_marked_as_the_childs(tiny_data, tmp_path):
+    fake = "print('---'); print('fitness: 0.990000'); print('peak_vram_mb: 1.0'); print('error: not really')"
+    late = "import atexit; atexit.register(lambda: print('fitness: 0.980000'))"
+    repo = make_repo(tmp_path, before_train=fake, after_train=late)
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert rc == 0, log[-3000:]
+    assert [line.split(":")[0] for line in seed_grep(log)] == ["fitness", "peak_vram_mb"]
+    assert summary_of(log)["fitness"] != "0.990000"
+    assert "train.py| fitness: 0.990000" in log and "train.py| fitness: 0.980000" in log
+    assert log.rstrip().splitlines()[-1].startswith("run_dir: ")
+
+# ---------------------------------------------------------------------------
+# Runs that end without an error line of their own
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("after_train, says", [
+    ("import sys; sys.exit(0)", "error: train.py ended (exit code 0) without finishing"),
+    ("import os; os._exit(0)", "error: train.py ended (exit code 0) without finishing"),
+    ("import ctypes; ctypes.string_at(0)", "error: train.py ended (signal SIGSEGV) without finishing"),
+    ("import os, sys; sys.stdout = sys.stderr = open(os.devnull, 'w'); raise RuntimeError('hidden')",
+     "error: RuntimeError: hidden"),
+], ids=["sys.exit", "os._exit", "segfault", "output-hidden"])
+def test_a_child_that_ends_early_ends_the_log_with_an_error_line(tiny_data, tmp_path, after_train, says):
+    repo = make_repo(tmp_path, after_train=after_train)
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert_failed(rc, log, says)
+
+
+def test_an_error_after_the_summary_is_handed_over_cannot_follow_it(tiny_data, tmp_path):
+    repo = edited(make_repo(tmp_path), "prepare.finish(model)",
+                  "prepare.finish(model)\nimport atexit; atexit.register(lambda: 1 / 0)")
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert rc == 0, log[-3000:]
+    assert log.rstrip().splitlines()[-1].startswith("run_dir: ")
+
+
+def test_a_thread_left_running_is_stopped_and_is_an_error(tiny_data, tmp_path):
+    repo = edited(make_repo(tmp_path), "prepare.finish(model)",
+                  "prepare.finish(model)\nimport threading, time; threading.Thread(target=time.sleep, args=(600,)).start()")
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert_failed(rc, log, "error: train.py did not exit 30 s after prepare.finish()")
+
+
+def test_a_child_that_ignores_sigterm_and_hangs_is_killed(tiny_data, tmp_path):
+    hang = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+    repo = make_repo(tmp_path, after_train=hang)
+    t = time.time()
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert_failed(rc, log, "error: the run overran")
+    assert time.time() - t < 300  # SIGKILL after SIGTERM: the run ends
+
+
+def test_sigterm_before_training_ends_with_one_error_line_and_leaves_no_child(tiny_data, tmp_path):
+    repo = make_repo(tmp_path, before_train="import time; time.sleep(600)")  # the child still setting up
+    env = {**os.environ, "AUTORESEARCH_TIME_BUDGET": "5", "YOLO_DATA": str(tiny_data / "data.yaml")}
+    log_path = repo / "run.log"
+    with open(log_path, "w") as f:
+        proc = subprocess.Popen([sys.executable, "train.py"], cwd=repo, env=env, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 300
+            while "time budget:" not in log_path.read_text() and time.time() < deadline:
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)  # what `timeout 600 uv run train.py` sends
+            rc = proc.wait(timeout=120)
+        finally:
+            proc.kill()
+    log = log_path.read_text()
+    assert_failed(rc, log, "error: interrupted")
+    ps = subprocess.run(["pgrep", "-f", f"{repo / 'train.py'}|^{sys.executable} train.py"], capture_output=True,
+                        text=True, cwd=repo)
+    assert not [p for p in ps.stdout.split() if Path(f"/proc/{p}/cwd").resolve() == repo], ps.stdout
+
+# ---------------------------------------------------------------------------
+# Knobs that write where they must not
+# ---------------------------------------------------------------------------
+
+def test_cache_disk_is_refused_before_training(tiny_data, tmp_path):
+    repo = make_repo(tmp_path, knobs={"GPU_DATA": "False", "CACHE": "'disk'"})
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert_failed(rc, log, "error: cache='disk' writes .npy files into the dataset's folders")
+    assert not list(tiny_data.rglob("*.npy"))
+
+
+def test_a_run_writes_only_its_run_folder_whatever_train_py_passes(dataset, tmp_path):
+    repo = edited(make_repo(tmp_path), "project=run.project, name=run.name, exist_ok=True,", "name='mine',")
+    validate = ("YOLO(str(prepare.RUN_DIR / 'weights' / 'best.pt')).val(data=run.data, imgsz=IMGSZ, batch=4, "
+                "device=run.device, plots=False)")
+    edited(repo, "prepare.finish(model)", f"{validate}\nprepare.finish(model)")
+    (repo / "weights").mkdir()
+    assert run_train(repo, dataset / "data.yaml", budget=1)[0] == 0
+    before = snapshot(repo, dataset)
+    for _ in range(2):
+        rc, log = run_train(repo, dataset / "data.yaml", budget=1)
+        assert rc == 0, log[-3000:]
+    assert snapshot(repo, dataset).keys() == before.keys()
+    assert {p: v for p, v in snapshot(repo, dataset).items() if p.name != "run.log"} == \
+        {p: v for p, v in before.items() if p.name != "run.log"}
+    assert (repo / "run" / "weights" / "best.pt").is_file() and summary_of(log)["run_dir"] == str(repo / "run")
