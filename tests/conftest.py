@@ -27,11 +27,12 @@ from harness.synthetic import generate_synthetic  # noqa: E402
 TINY = {"train": 12, "valid": 6, "test": 4}
 FAST_KNOBS = {"IMGSZ": "64", "BATCH": "4", "NBS": "4", "WORKERS": "0"}
 # A few CPU seconds on the tiny data score mAP 0, so tests that compare metrics train on easy_data with these knobs
-# and this budget instead (one epoch is 8 steps of 4 images at 96 px; no mosaic, no warmup, a higher learning rate),
+# and this budget instead (an epoch is 8 steps of 4 images at 96 px; no mosaic, no warmup, twice the learning rate),
 # and first assert mAP50-95 above EASY_MAP_FLOOR: a comparison of two metrics then never compares 0 with 0.
-# Measured mAP50-95 after 15 s: 0.45-0.8 with the whole CPU or half of it; 0.2-0.3 with a quarter.
+# What it takes is steps: ~50 give 0.1-0.45, ~80 give 0.35-0.7. Measured after EASY_BUDGET on a 2-core machine:
+# 0.5-0.8 with the CPU to itself, 0.2-0.5 beside a second test suite.
 EASY_KNOBS = {"IMGSZ": "96", "BATCH": "4", "NBS": "4", "LR0": "0.02", "WARMUP_EPOCHS": "0.0", "MOSAIC": "0.0"}
-EASY_BUDGET = 15
+EASY_BUDGET = 20
 EASY_MAP_FLOOR = 0.1
 # A line for train.py after training: best.pt validated in the child with Ultralytics' own defaults, as
 # the supervisor validates it afterwards in its own process.

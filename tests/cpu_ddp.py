@@ -1,12 +1,13 @@
 """prepare.Trainer as a DDP run over CPU processes, for tests/test_ddp.py. Ultralytics' DDP wants CUDA
 devices (device ids, the nccl backend); only that changes here: CPU_DDP_WORKERS worker processes joined by
-gloo. The rest runs as on GPUs: the harness's launch, the workers' hand-off, the parent's final validation.
+gloo. The rest runs as on GPUs: the harness's launch, the workers' hand-off, the supervisor's validation.
 
 CPU_DDP_RANK1_CLOCK_AHEAD_S (seconds, optional): rank 1's training clock reads that much more than rank 0's, as
 if it had started long before, so its own estimate of the epochs that fit the budget is smaller than rank 0's.
 Each rank prints its own estimate and the one it trains with after every epoch."""
 
 import os
+import sys
 
 import prepare  # first, as in train.py
 import torch
@@ -37,6 +38,8 @@ class Trainer(prepare.Trainer):
         own = self.epochs  # after an epoch: this rank's estimate from its own clock, just made by Ultralytics
         warmup = super()._get_warmup_iterations(num_batches)
         if hasattr(self, "train_time_start"):  # not the call before the first epoch
-            print(f"cpu_ddp: rank {RANK} after epoch {self.epoch + 1}: own estimate {own} epochs, "
-                  f"trains {self.epochs}", flush=True)
+            # one write, so that the two workers' lines never interleave (they run with python -u)
+            sys.stdout.write(f"cpu_ddp: rank {RANK} after epoch {self.epoch + 1}: own estimate {own} epochs, "
+                             f"trains {self.epochs}\n")
+            sys.stdout.flush()
         return warmup

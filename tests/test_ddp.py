@@ -22,13 +22,16 @@ from conftest import (EASY_BUDGET, EASY_KNOBS, EASY_MAP_FLOOR, REPO, REVALIDATE,
 from easy_data import EASY_COUNTS
 
 CPU_DDP = f"import sys; sys.path.append({str(REPO / 'tests')!r}); import cpu_ddp"
-# Two workers start slowly on a busy 2-core machine: the watchdog waits as long as it would for a 300 s budget.
 TWO_WORKERS = {"CPU_DDP_WORKERS": "2"}
 # Ranks whose estimates of the epochs that fit differ (tests/cpu_ddp.py): rank 1's clock reads 30 s more than rank
-# 0's, so on its own it would call epoch 1 or 2 the last of a 15 s budget and validate after it while rank 0 trains
-# on; the ranks then wait for each other forever. DDP_HANG_S is when a DDP run counts as hung (runs take 1-2 min).
+# 0's, so on its own it would call epoch 1 or 2 the last of the budget. It would then follow another learning-rate
+# schedule than rank 0, and with VAL = True validate after other epochs: the ranks would wait for each other
+# forever. DDP_HANG_S is when a DDP run counts as hung (they take 1-2 minutes).
 CLOCKS_APART = {"CPU_DDP_RANK1_CLOCK_AHEAD_S": "30"}
 DDP_HANG_S = 300
+# BATCH is split over the workers: each trains on 4 images a step, as a one-process easy run does. (A worker's step
+# costs about as much with 2 images as with 4 on the CPU: with 2 the run would learn from half the images.)
+EASY_DDP_KNOBS = {**EASY_KNOBS, "BATCH": "8", "NBS": "8"}
 
 
 def make_ddp_repo(tmp_path, before_train="", **kwargs):
@@ -44,8 +47,7 @@ def make_ddp_repo(tmp_path, before_train="", **kwargs):
 @pytest.fixture(scope="module")
 def ddp_run(easy_data, tmp_path_factory):
     """Two workers on data that a short CPU run learns (conftest's easy_data), whose clocks disagree."""
-    repo = make_ddp_repo(tmp_path_factory.mktemp("ddp"), knobs=EASY_KNOBS,
-                         after_train=REVALIDATE)
+    repo = make_ddp_repo(tmp_path_factory.mktemp("ddp"), knobs=EASY_DDP_KNOBS, after_train=REVALIDATE)
     rc, log = run_train(repo, easy_data / "data.yaml", budget=EASY_BUDGET, env={**TWO_WORKERS, **CLOCKS_APART},
                         timeout=DDP_HANG_S)
     assert rc == 0, log[-3000:]
@@ -94,7 +96,7 @@ def test_a_worker_failure_ends_the_log_with_the_workers_own_error_line(tiny_data
     assert re.search(r"\(DDP rank [01] of 2\)$", last), last  # not torch.distributed's traceback
 
 
-def test_the_guard_checks_what_the_workers_trained_and_validated_with(tiny_data, tmp_path):
+def test_the_guard_checks_the_settings_the_workers_trained_with(tiny_data, tmp_path):
     # on_train_start runs in the DDP workers only: the parent (train.py's child) launches them, it trains
     # nothing. A setting changed there never shows in the parent's own, and must still fail the run.
     workers_only = "model.add_callback('on_train_start', lambda trainer: setattr(trainer.args, 'conf', 0.5))"

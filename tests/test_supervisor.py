@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_failed, make_repo, run_train, seed_grep, summary_of
+from conftest import (EASY_BUDGET, EASY_KNOBS, EASY_MAP_FLOOR, assert_failed, make_repo, run_train, seed_grep,
+                      summary_of)
 
 VALIDATE = """
 import json, sys
@@ -128,13 +129,13 @@ model.trainer.args.conf = None
 
 
 def test_evaluation_changed_and_hidden_does_not_move_the_metric(easy_data, tmp_path):
-    repo = make_repo(tmp_path, knobs={"IMGSZ": "96", "BATCH": "8", "NBS": "8", "VAL": "True"}, after_train=HIDE,
+    repo = make_repo(tmp_path, knobs={**EASY_KNOBS, "VAL": "True"}, after_train=HIDE,
                      before_train="model.add_callback('on_val_start', lambda v: setattr(v.args, 'conf', 0.9))")
-    rc, log = run_train(repo, easy_data / "data.yaml", budget=15)
+    rc, log = run_train(repo, easy_data / "data.yaml", budget=EASY_BUDGET)
     assert rc == 0, log[-3000:]
     honest = validate_independently(repo, easy_data / "data.yaml", tmp_path)
     summary = summary_of(log)
-    assert 0.1 < honest["metrics/mAP50-95(B)"] < 1.0  # it learned, and nothing above faked a perfect score
+    assert EASY_MAP_FLOOR < honest["metrics/mAP50-95(B)"] < 1.0  # it learned, and nothing above faked a perfect score
     assert float(summary["fitness"]) == pytest.approx(honest["metrics/mAP50-95(B)"], abs=1e-6)
     assert float(summary["map50"]) == pytest.approx(honest["metrics/mAP50(B)"], abs=1e-6)
 
@@ -207,8 +208,8 @@ def test_an_error_after_the_summary_is_handed_over_cannot_follow_it(tiny_data, t
 
 
 def test_a_thread_left_running_is_stopped_and_is_an_error(tiny_data, tmp_path):
-    repo = edited(make_repo(tmp_path), "prepare.finish(model)",
-                  "prepare.finish(model)\nimport threading, time; threading.Thread(target=time.sleep, args=(600,)).start()")
+    linger = "import threading, time; threading.Thread(target=time.sleep, args=(600,)).start()"
+    repo = edited(make_repo(tmp_path), "prepare.finish(model)", f"prepare.finish(model)\n{linger}")
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
     assert_failed(rc, log, "error: train.py did not exit 30 s after prepare.finish()")
 
