@@ -146,9 +146,10 @@ def check_image_file(path):
                 im.verify()
             elif kind != "JPEG":
                 im.load()
-    except UnidentifiedImageError:
-        return f"{path}: not an image (no image format recognizes its bytes)"
     except Exception as e:  # PIL raises many types for damaged files
+        # Ultralytics' patched Image.open tries pi_heif after PIL gives up, and raises that import's error instead
+        if UnidentifiedImageError in (type(e), type(e.__context__)):
+            return f"{path}: not an image (no image format recognizes its bytes)"
         return f"{path}: damaged {kind} image, it does not decode ({type(e).__name__})"
     if w < 10 or h < 10:
         return f"{path}: image {w}x{h} is smaller than 10 px"

@@ -117,7 +117,14 @@ def test_bad_label_rows_name_file_and_line(dataset, row, says):
     (lambda p: p.write_bytes(b"not an image at all" * 20), "not an image"),
     (lambda p: p.write_bytes(bytes(range(256)) * 4), "not an image"),
 ])
-def test_broken_images_are_named(dataset, damage, says):
+@pytest.mark.parametrize("ultralytics_imported", [False, True])
+def test_broken_images_are_named(dataset, damage, says, ultralytics_imported, monkeypatch):
+    if ultralytics_imported:  # Ultralytics patches PIL's Image.open on import: the check says the same after it
+        import ultralytics.utils.patches  # noqa: F401
+    else:
+        from PIL import Image
+        monkeypatch.setattr(Image, "open", getattr(sys.modules.get("ultralytics.utils.patches"), "_image_open",
+                                                    Image.open))
     image = sorted((dataset / "valid" / "images").iterdir())[0]
     damage(image)
     expect_error(dataset / "data.yaml", image, says)
