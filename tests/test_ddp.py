@@ -64,12 +64,12 @@ def test_a_ddp_run_trains_in_worker_processes_that_hand_back_their_share(ddp_run
     assert first["trained_images"] == second["trained_images"] > 0  # and trains on its half of every epoch
     assert first["epoch"] == second["epoch"]  # every rank took rank 0's estimate of the epochs that fit
     # rank 1's own estimate (CLOCKS_APART) was smaller than rank 0's, yet after every epoch both trained with rank 0's
-    estimates = re.findall(r"cpu_ddp: rank (\d) after epoch (\d+): own estimate (\d+) epochs, trains (\d+)", log)
-    own = {(rank, epoch): int(n) for rank, epoch, n, _ in estimates}
-    trains = {(rank, epoch): int(n) for rank, epoch, _, n in estimates}
-    epochs = range(1, first["epoch"] + 2)  # Ultralytics estimates after every epoch, the last one too
-    assert all(own[("1", str(e))] < own[("0", str(e))] for e in epochs)
-    assert all(trains[("1", str(e))] == trains[("0", str(e))] == own[("0", str(e))] for e in epochs)
+    estimates = re.findall(r"cpu_ddp: rank (\d) after epoch \d+: own estimate (\d+) epochs, trains (\d+)", log)
+    own = {r: [int(n) for rank, n, _ in estimates if rank == r] for r in "01"}  # after epoch 1, 2, ...
+    trains = {r: [int(n) for rank, _, n in estimates if rank == r] for r in "01"}
+    assert len(own["0"]) == len(own["1"]) == first["epoch"] + 1  # Ultralytics estimates after every epoch
+    assert all(mine < rank0 for rank0, mine in zip(own["0"], own["1"])), own
+    assert trains["0"] == trains["1"] == own["0"], (trains, own)
     assert (first["gpu"], first["peak_vram_mb"]) == ("cpu", 0.0)
     # rank 0 alone carries what the guard checks: the settings the workers used
     assert "args" not in second and "metrics" not in second
