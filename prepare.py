@@ -37,8 +37,8 @@ from copy import copy
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import ddp, runtime, supervisor
-from harness.common import CACHE_DIR, DEFAULT_DATA, REPO_DIR, RUN_DIR, HarnessError, banner, warn
+from harness import ddp, runtime, supervisor, validation
+from harness.common import CACHE_DIR, DEFAULT_DATA, REPO_DIR, RUN_DIR, HarnessError, banner, find_trainer, warn
 from harness.dataset import (check_dataset, content_fingerprint, dataset_line, describe_changes, find_dataset,
                              write_run_yaml)
 from harness.device import peak_vram_mb, pick_device, resolve_weights, trained_here, trained_on
@@ -71,17 +71,6 @@ DATASET_ENV = "AUTORESEARCH_DATASET"    # the supervisor's checked dataset, hand
 # ---------------------------------------------------------------------------
 
 
-def _find_trainer(tb):
-    """The Ultralytics trainer whose frame raised, if any (to say which batch ran out of memory)."""
-    trainer = None
-    while tb is not None:
-        obj = tb.tb_frame.f_locals.get("self")
-        if type(obj).__name__.endswith("Trainer") and hasattr(obj, "args"):
-            trainer = obj
-        tb = tb.tb_next
-    return trainer
-
-
 def describe_failure(exc, tb=None):
     """The `error:` line's text: what failed and what to do about it."""
     if isinstance(exc, HarnessError):
@@ -93,7 +82,7 @@ def describe_failure(exc, tb=None):
         return (f"disk full ({exc.filename or 'while writing'}): free space on the disk that holds "
                 f"{RUN_DIR} and {CACHE_DIR}, then run again")
     if "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
-        trainer = _find_trainer(tb)
+        trainer = find_trainer(tb)
         where = f" at batch={trainer.args.batch} imgsz={trainer.args.imgsz}" if trainer else ""
         return f"CUDA out of memory{where}; lower BATCH or IMGSZ (or pick a smaller MODEL) in train.py"
     return f"{type(exc).__name__}: {text}"[:300]
@@ -215,7 +204,6 @@ def validate_best(done, yaml_path, stats):
     if not best.is_file() or best.stat().st_mtime < T0:
         raise HarnessError(f"no {best} from this run: the child finished without saving its weights")
     runtime.configure_ultralytics()
-    from ultralytics import YOLO
     from ultralytics.utils.patches import torch_load
     args = torch_load(best, map_location="cpu", weights_only=False).get("train_args") or {}
     if Path(str(args.get("data"))).resolve() != (RUN_DIR / "data.yaml").resolve():
@@ -227,8 +215,8 @@ def validate_best(done, yaml_path, stats):
     device = done["device"][0] if isinstance(done["device"], list) else done["device"]
     data = write_run_yaml(stats, CACHE_DIR / "val" / f"{os.getpid()}.yaml")  # the supervisor's own copy
     t = time.time()
-    metrics = YOLO(str(best)).val(data=str(data), split="val", device=device, single_cls=False, plots=False,
-                                  project=str(RUN_DIR), name="val", exist_ok=True)
+    metrics = validation.validate(str(best), data=str(data), split="val", device=device, single_cls=False,
+                                  plots=False, project=str(RUN_DIR), name="val", exist_ok=True)
     data.unlink()
     return metrics.results_dict, time.time() - t, peak_vram_mb(device)
 
@@ -313,10 +301,15 @@ def start(model, device=None, gpu_data=True):
 
 
 def check_knobs(args):
-    """Refuse knobs that write where they must not, or that the GPU pipeline would ignore: at start-up, not never."""
+    """Refuse knobs that write where they must not, that the GPU pipeline would ignore or that cannot run at speed in
+    a 5-minute budget: at start-up, not never."""
     if args.cache == "disk":
         raise HarnessError("cache='disk' writes .npy files into the dataset's folders; use cache='ram' "
                            "(with GPU_DATA = False) or leave cache off")
+    if args.multi_scale:  # with either data pipeline
+        raise HarnessError(f"multi_scale={args.multi_scale!r} trains each batch at a new image size, and every new "
+                           "size costs seconds of cuDNN set-up inside the budget (19 img/s on an H200 against "
+                           "1,600); leave it at 0.0 and try another fixed IMGSZ instead")
     if os.environ.get(GPU_DATA_ENV) != "1":
         return
     bad = [f"{k}={getattr(args, k)!r}" for k, ok in GPU_UNSUPPORTED.items() if getattr(args, k) != ok]
@@ -369,6 +362,9 @@ def _trainer_class():
             ddp.train_ddp(self)
 
         def get_dataloader(self, dataset_path, batch_size=16, rank=0, mode="train"):
+            if mode == "val" and self.world_size <= 1 and validation.prebuilt():  # VAL = True: decoded once
+                loader = super().get_dataloader(dataset_path, batch_size, rank, mode)  # workers start on first use
+                return validation.PrebuiltBatches(loader.dataset, loader.batch_size, self.device, keep=True)
             if mode != "train" or os.environ.get(GPU_DATA_ENV) != "1":
                 return super().get_dataloader(dataset_path, batch_size, rank, mode)
             if getattr(self, "gpu_data", None) is None:  # decoded once: an out-of-memory retry only re-batches

@@ -39,3 +39,14 @@ def atomic_path(path):
 def write_atomic(path, data):
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def find_trainer(tb):
+    """The Ultralytics trainer whose frame raised, if any (to say which batch ran out of memory)."""
+    trainer = None
+    while tb is not None:
+        obj = tb.tb_frame.f_locals.get("self")
+        if type(obj).__name__.endswith("Trainer") and hasattr(obj, "args"):
+            trainer = obj
+        tb = tb.tb_next
+    return trainer

@@ -94,6 +94,8 @@ class Profile:
             e = self.epochs[-1]
             if not e["batches"]:  # the run's first batch pays for cuDNN's kernel choice (epoch 1 row)
                 e["first_step_s"] = t - self.batch_start
+            if len(self.epochs) <= 2:  # every step of epochs 1 and 2: is epoch 1's extra time early, or spread?
+                e.setdefault("steps", []).append(round(t - self.batch_start, 4))
             e["step_s"] += t - self.batch_start
             e["batches"] += 1
             self.batch_start = None
@@ -288,6 +290,13 @@ def report(label, log, profile, ceilings=None, wall=None, smi=None, idle=None):
     if "first_step_s" in first and later:
         row(label, "epoch 1 in steps (s; its first batch; later epochs' mean)",
             f"{first['step_s']:.1f}; {first['first_step_s']:.1f}; {statistics.mean(later):.1f}")
+    if len(p["epochs"]) > 1 and len(first.get("steps", [])) > 20 and p["epochs"][1].get("steps"):
+        steps, second = first["steps"], p["epochs"][1]["steps"]
+        slow = sorted(range(len(steps)), key=steps.__getitem__)[-5:]
+        row(label, "epoch 1's 5 slowest steps (s at batch index)", ", ".join(f"{steps[i]:.2f} at {i}" for i in slow))
+        row(label, "epoch 1 steps 1-10 / 11-end, epoch 2 (mean ms)",
+            f"{1e3 * statistics.mean(steps[:10]):.0f} / {1e3 * statistics.mean(steps[10:]):.0f}, "
+            f"{1e3 * statistics.mean(second):.0f}")
     # 3. where the training clock went
     train_s = t["training_s"]
     row(label, "training clock, profiled (s)", f"{train_s:.1f} (summary: {summary.get('training_seconds', '?')})")
@@ -317,6 +326,7 @@ def report(label, log, profile, ceilings=None, wall=None, smi=None, idle=None):
         if summary:
             row(label, "  summary -> process exit (s, after total)", f"{end - p['t0'] - total:.1f}")
         row(label, "process wall clock (s)", f"{end - start:.1f}")
+        row(label, "experiments an hour (3600 s / wall clock)", f"{3600 / (end - start):.1f}")
     # 5. peak memory: the summary against nvidia-smi (whole card, sampled every 200 ms, minus idle)
     if smi and Path(smi).is_file() and summary:
         samples = [float(x) for x in Path(smi).read_text().split() if x.replace(".", "", 1).isdigit()]

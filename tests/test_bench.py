@@ -97,3 +97,15 @@ def test_report_divides_by_the_fastest_ceiling_measured(profiled_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     share = 100 * profile["totals"]["steady_img_per_s"] / 400
     assert f"= {share:.1f}% of ceiling (channels_last 400 img/s, the faster of 2;" in proc.stdout, proc.stdout
+
+
+def test_agent_edits_table_shows_edits_refused_at_start(tiny_data, tmp_path):
+    env = {**os.environ, "YOLO_DATA": str(tiny_data / "data.yaml"), "OUT": str(tmp_path / "out"),
+           "WORK": str(tmp_path / "work"), "ONLY": "rect multi_scale", "CEILING_TIMEOUT": "5", "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(REPO / "tests" / "bench_edits.sh")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines()[2:]}
+    assert rows.keys() == {"multi_scale", "rect"}, proc.stdout
+    assert "error@start" in rows["rect"] and "error: rect=True is not supported by the GPU data" in rows["rect"]
+    assert "error@start" in rows["multi_scale"] and "error: multi_scale=0.5 trains each" in rows["multi_scale"]

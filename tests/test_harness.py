@@ -6,7 +6,7 @@ import sys
 
 from conftest import REPO
 
-MODULES = ["common", "runtime", "dataset", "synthetic", "gpu_data", "device", "ddp", "progress", "supervisor"]
+MODULES = ["common", "runtime", "dataset", "synthetic", "gpu_data", "device", "ddp", "progress", "supervisor", "validation"]
 
 
 def test_the_harness_is_a_leaf_that_does_nothing_at_import():

@@ -254,6 +254,14 @@ def test_cache_disk_is_refused_before_training(tiny_data, tmp_path):
     assert not list(tiny_data.rglob("*.npy"))
 
 
+@pytest.mark.parametrize("gpu_data", ["True", "False"])
+def test_multi_scale_is_refused_before_training(tiny_data, tmp_path, gpu_data):
+    repo = make_repo(tmp_path, knobs={"GPU_DATA": gpu_data}, call_extra="multi_scale=0.5")
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert_failed(rc, log, "error: multi_scale=0.5 trains each batch at a new image size")
+    assert "leave it at 0.0" in log
+
+
 def test_a_run_writes_only_its_run_folder_whatever_train_py_passes(dataset, tmp_path):
     repo = edited(make_repo(tmp_path), "project=run.project, name=run.name, exist_ok=True,", "name='mine',")
     validate = ("YOLO(str(prepare.RUN_DIR / 'weights' / 'best.pt')).val(data=run.data, imgsz=IMGSZ, batch=4, "

@@ -91,6 +91,16 @@ def test_seed_grep_finds_fitness_and_memory(default_run):
     assert [line.split(":")[0] for line in lines] == ["fitness", "peak_vram_mb"]
 
 
+def test_val_seconds_follows_epoch_and_lies_outside_the_training_clock(default_run):
+    _, _, log, _ = default_run
+    summary = summary_of(log)
+    keys = list(summary)
+    assert keys[keys.index("epoch") + 1] == "val_seconds"
+    assert re.fullmatch(ONE_DECIMAL, summary["val_seconds"])
+    val, training, total = (float(summary[k]) for k in ("val_seconds", "training_seconds", "total_seconds"))
+    assert 0 < val and training + val < total
+
+
 def test_summary_extras_say_what_ran(default_run):
     repo, _, log, _ = default_run
     summary = summary_of(log)
