@@ -19,7 +19,6 @@ from harness.common import HarnessError, warn, write_atomic
 from harness.device import peak_vram_mb, process_gpu_mb
 
 DDP_HANDOFF = "ddp-rank{rank}.json"  # one small report per worker in the run folder
-DDP_STOP_GRACE = 30  # seconds the DDP workers get to exit after SIGTERM before they are killed
 
 
 def ddp_rank():
@@ -121,7 +120,7 @@ def run_group(cmd):
         stop_group(proc)
 
 
-def stop_group(proc, grace=DDP_STOP_GRACE):
+def stop_group(proc, grace=supervisor.DDP_STOP_GRACE):
     """SIGTERM to the group (workers end through their `error: interrupted` path), then SIGKILL to whatever
     is left of it after `grace` seconds. Nothing to do when the group has already exited."""
     try:

@@ -16,6 +16,9 @@ from pathlib import Path
 CHILD_ENV = "AUTORESEARCH_CHILD"          # set in the child (and so in every process it starts)
 REPORT_FD_ENV = "AUTORESEARCH_REPORT_FD"  # the child's end of the report pipe
 STOP_GRACE = 10                           # seconds between SIGTERM and SIGKILL
+# The child's own grace for its DDP workers (ddp.stop_group), added to STOP_GRACE while it has some: killed sooner,
+# torchrun could not stop its workers, which run in sessions of their own.
+DDP_STOP_GRACE = 30
 # Lines of the child that could pass for the supervisor's last lines: relayed with CHILD_MARK in front.
 SUMMARY_KEYS = ("fitness_key", "fitness", "training_seconds", "total_seconds", "peak_vram_mb", "precision", "recall",
                 "map50", "map50_95", "epoch", "val_seconds", "time_budget_s", "train_images_per_s", "data", "dataset",
@@ -110,9 +113,10 @@ class Child:
                 self.changed.wait(min(1.0, max(deadline - time.time(), 0.01)))
         return until()
 
-    def stop(self, grace=STOP_GRACE):
-        """SIGTERM to the child's session and its DDP workers' groups, SIGKILL to whatever is left after grace."""
+    def stop(self):
+        """SIGTERM to the child's session and its DDP workers' groups, SIGKILL to whatever is left after the grace."""
         groups = [self.proc.pid, *self.groups]
+        grace = STOP_GRACE + (DDP_STOP_GRACE if self.groups else 0)
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
             for pgid in groups:
                 try:

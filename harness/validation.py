@@ -1,9 +1,10 @@
 """
-Validation at GPU speed through Ultralytics' own validator. Its DataLoader decodes and letterboxes the val
-split in worker processes and copies each batch from pageable memory as the validator asks for it; here the same
-dataset object (Ultralytics' YOLODataset: decode, rect letterbox, collate) builds the same batches in a thread
-pool, ahead of the validator, and puts them on the GPU. DetectionValidator then runs unchanged: its model call,
-NMS and metrics. The bytes are the DataLoader's, so every metric is the same (tests/test_validation.py).
+Validation through Ultralytics' own validator, with its batches built ahead. Its DataLoader decodes and
+letterboxes the val split in worker processes and copies each batch from pageable memory as the validator asks
+for it; here the same dataset object (Ultralytics' YOLODataset: decode, rect letterbox, collate) builds the same
+batches in a thread pool, ahead of the validator, and puts them on the GPU. DetectionValidator then runs
+unchanged: its model call, NMS and metrics. The bytes are the DataLoader's, so every metric is the same
+(tests/test_validation.py).
 """
 
 import math

@@ -67,10 +67,10 @@ run_edit() {  # $1: label, $2: GPU
   local label=$1 gpu=$2 json
   if [ -s "$OUT/$label.log" ] && tail -20 "$OUT/$label.log" | grep -q '^\(fitness\|error\):'; then return; fi
   json=$(ceiling_of "$label")
-  echo "$json" > "$OUT/$label.ceiling"
+  basename "$json" > "$OUT/$label.ceiling"
   if [ ! -s "$json" ] && mkdir "$json.lock" 2>/dev/null; then
-    CUDA_VISIBLE_DEVICES=$gpu timeout "${CEILING_TIMEOUT:-300}" $PY tests/bench_ceiling.py --train "$WORK/$label/train.py" \
-      --layouts channels_last --out "$json" > "${json%.json}.log" 2>&1
+    CUDA_VISIBLE_DEVICES=$gpu timeout "${CEILING_TIMEOUT:-300}" $PY tests/bench_ceiling.py \
+      --train "$WORK/$label/train.py" --layouts channels_last --out "$json" > "${json%.json}.log" 2>&1
   fi
   date +%s.%N > "$OUT/$label.wall"
   (cd "$WORK/$label" && CUDA_VISIBLE_DEVICES=$gpu AUTORESEARCH_TIME_BUDGET=$BUDGET \
@@ -91,7 +91,7 @@ done
 wait
 
 $PY - "$OUT" "${labels[@]}" <<'EOF' | tee "$OUT/table.txt"
-import json, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 out, labels = Path(sys.argv[1]), sys.argv[2:]
 try:
@@ -99,7 +99,7 @@ try:
                           text=True).stdout.splitlines()[0]
 except (OSError, IndexError):
     card = "no GPU"
-print(f"card: {card}; budget per edit: {__import__('os').environ.get('BUDGET', '60')} s")
+print(f"card: {card}; budget per edit: {os.environ['BUDGET']} s")
 print(f"{'edit':<14} {'outcome':<11} {'steady img/s':>12} {'ceiling':>8} {'share':>6} {'epochs':>6} {'fitness':>8} "
       f"{'wall s':>7}  note")
 for label in labels:
@@ -116,13 +116,13 @@ for label in labels:
     profile = json.loads(profile_path.read_text()) if profile_path.is_file() else {}
     if "fitness" not in summary:  # at start: before the training clock
         when = "trained" if "clock_start" in profile.get("moments", {}) else "start"
-        print(f"{label:<14} {'error@' + when:<11} {'':>12} {'':>8} {'':>6} {'':>6} {'':>8} {wall_s:>7}  {lines[-1][:150]}")
+        print(f"{label:<14} {'error@' + when:<11} {'':>44} {wall_s:>7}  {lines[-1][:150]}")
         continue
     steady = profile["totals"]["steady_img_per_s"]
-    ceiling = json.loads(Path((out / f"{label}.ceiling").read_text().strip()).read_text())["best_img_per_s"] \
-        if (out / f"{label}.ceiling").is_file() else 0.0
+    ceiling_json = out / (out / f"{label}.ceiling").read_text().strip()
+    ceiling = json.loads(ceiling_json.read_text())["best_img_per_s"] if ceiling_json.is_file() else 0.0
     share = steady / ceiling if ceiling else 0.0
-    ok = "ok" if share >= 0.7 else "SLOW"
+    ok = "no ceiling" if not ceiling else "ok" if share >= 0.7 else "SLOW"
     print(f"{label:<14} {ok:<11} {steady:>12.1f} {ceiling:>8.1f} {100 * share:>5.1f}% {summary['epoch']:>6} "
           f"{float(summary['fitness']):>8.4f} {wall_s:>7}  val_seconds {summary.get('val_seconds', '?')}")
 EOF

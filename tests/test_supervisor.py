@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (EASY_BUDGET, EASY_KNOBS, EASY_MAP_FLOOR, assert_failed, make_repo, run_train, seed_grep,
-                      summary_of)
+from conftest import (EASY_BUDGET, EASY_KNOBS, EASY_MAP_FLOOR, REPO, assert_failed, make_repo, run_train,
+                      seed_grep, summary_of)
 
 VALIDATE = """
 import json, sys
@@ -277,3 +277,39 @@ def test_a_run_writes_only_its_run_folder_whatever_train_py_passes(dataset, tmp_
     assert {p: v for p, v in snapshot(repo, dataset).items() if p.name != "run.log"} == \
         {p: v for p, v in before.items() if p.name != "run.log"}
     assert (repo / "run" / "weights" / "best.pt").is_file() and summary_of(log)["run_dir"] == str(repo / "run")
+
+# ---------------------------------------------------------------------------
+# Stopping: a child with DDP workers gets the time its own stop of them takes
+# ---------------------------------------------------------------------------
+
+STOPPING_CHILD = """
+import os, signal, sys, time
+sys.path.insert(0, {repo!r})
+from harness import supervisor
+supervisor.take_report_pipe()
+def on_term(*_):  # as the harness's DDP parent does: torchrun waits for its workers, then it exits
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(supervisor.STOP_GRACE + 5)
+    open({marker!r}, "w").write("workers stopped")
+    sys.exit(1)
+signal.signal(signal.SIGTERM, on_term)
+if {ddp}:
+    supervisor.report("process_group", pgid=os.getpid())
+supervisor.report("train_start")
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("ddp", [False, True])
+def test_a_stopped_child_with_ddp_workers_gets_the_time_to_stop_them(tmp_path, ddp):
+    import io
+
+    from harness import supervisor
+    marker = tmp_path / "stopped"
+    script = tmp_path / "child.py"
+    script.write_text(STOPPING_CHILD.format(repo=str(REPO), marker=str(marker), ddp=ddp))
+    child = supervisor.Child([str(script)], out=io.StringIO())
+    assert child.wait(lambda: child.first("train_start"), time.time() + 60)
+    child.stop()
+    child.finish()
+    assert marker.exists() == ddp  # without workers it is killed STOP_GRACE after SIGTERM, before its own stop ends
