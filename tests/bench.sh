@@ -14,6 +14,8 @@
 #                                       # (rows and files prefixed LABEL-); BASE=0: the edited one only
 #   LONG=1200 bash tests/bench.sh       # also one run with a 1200 s budget (a copy of the harness)
 #   FAULTS=1 bash tests/bench.sh        # also out-of-memory, and two agents at once on one GPU
+#   VALSIZES="640 1280" ...             # also tests/bench_val.py on the last run's best.pt at these sizes
+#   EDITS="0 1" ...                     # also tests/bench_edits.sh on these cards, after the runs
 #   PREP=0 ...                          # skip generation and dataset checks (the stand-in exists)
 #   CEILING_ARGS=--compile ...          # also torch.compile in the ceiling (about 2 min more)
 #   GPUS="0 1 2 3 4" ...                # runs in parallel, one per card (a multi-GPU machine)
@@ -203,6 +205,23 @@ for v in "${variants[@]}"; do
     noise "$v all runs" "${all[@]}"
   fi
 done
+
+# 3c. Optional: the supervisor's validation of the last run's best.pt, Ultralytics' DataLoader against
+#     prebuilt batches, and the agent-edits table.
+if [ -n "${VALSIZES:-}" ]; then
+  status "bench_val"
+  last=${dirs[${#dirs[@]}-1]}
+  # shellcheck disable=SC2086  # VALSIZES is a list
+  $PY tests/bench_val.py --weights "$last/run/weights/best.pt" --data "$last/run/data.yaml" --imgsz $VALSIZES \
+    > "$OUT/bench_val.log" 2>&1 || true
+  sed -n '/^card/,$p' "$OUT/bench_val.log" | tail -n +2 | tee -a "$OUT/table.txt"
+fi
+if [ -n "${EDITS:-}" ]; then
+  status "agent edits"
+  OUT="$OUT/edits" WORK="$WORK/edits" GPUS="$EDITS" PYTHON="${PYTHON:-}" bash tests/bench_edits.sh \
+    > "$OUT/edits.log" 2>&1 || true
+  tee -a "$OUT/table.txt" < "$OUT/edits/table.txt" || true
+fi
 
 # 4. Optional: the same train.py with a longer budget.
 if [ -n "${LONG:-}" ]; then
