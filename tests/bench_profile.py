@@ -19,7 +19,7 @@ What it records (seconds, from time.time(); on CUDA after torch.cuda.synchronize
 work lands in the step and not in the next data wait; BENCH_PROFILE_SYNC=0 turns the syncs off):
 - per epoch: data waits (previous batch's end, or the epoch's start, to the next batch's start),
   steps (batch start to batch end: forward, loss, backward, optimizer step when due, logging), the
-  first batch's step, validation (trainer.validate), checkpoint saves (trainer.save_model and whether
+  first batch's step, every step of epochs 1 and 2 (where epoch 1's extra time goes), validation (trainer.validate), checkpoint saves (trainer.save_model and whether
   one was written), the whole epoch;
 - moments relative to prepare.T0 (total_seconds counts from there): pretrain routine start and end,
   the clock start (trainer.train_time_start), final_eval start and end (inside it the validation loop
