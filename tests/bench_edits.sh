@@ -93,6 +93,8 @@ wait
 $PY - "$OUT" "${labels[@]}" <<'EOF' | tee "$OUT/table.txt"
 import json, os, subprocess, sys
 from pathlib import Path
+sys.path.insert(0, "tests")
+from bench_profile import summary_of
 out, labels = Path(sys.argv[1]), sys.argv[2:]
 try:
     card = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
@@ -108,8 +110,7 @@ for label in labels:
         continue
     log = (out / f"{label}.log").read_text(errors="replace")
     lines = log.rstrip().splitlines() or ["(empty log)"]
-    summary = dict(l.split(": ", 1) for l in log.rsplit("\n---\n", 1)[-1].splitlines() if ": " in l) \
-        if "\n---\n" in log else {}
+    summary = summary_of(log)
     wall = (out / f"{label}.wall").read_text().split() if (out / f"{label}.wall").is_file() else []
     wall_s = f"{float(wall[1]) - float(wall[0]):.0f}" if len(wall) == 2 else "?"
     profile_path = out / f"{label}.profile.json"
