@@ -56,7 +56,8 @@ if "AUTORESEARCH_TIME_BUDGET" in os.environ:
 # The supervisor's limits, on its own clock. From the child's start to its first training step (imports, device,
 # decoding the images, building the model); with several GPUs the workers' start comes on top of the budget.
 SETUP_LIMIT = 150
-# After the budget: the last step, the checkpoint, and with VAL = True the last epoch's validation.
+# After the budget: the last step (its length is allowed on top, as the longest step so far), the checkpoint, and
+# with VAL = True the last epoch's validation.
 GRACE = 0.2 * TIME_BUDGET + 30
 EXIT_GRACE = 30                      # from prepare.finish() to the child's exit
 # Evaluation settings that train.py must leave at Ultralytics' defaults: with VAL = True they choose best.pt.
@@ -171,18 +172,20 @@ def hold_limits(child):
                            "where it stood; a slow machine: lower IMGSZ or the model's size")
     if not started():
         return None
-    limit = TIME_BUDGET + GRACE + (SETUP_LIMIT if started().get("ddp") else 0)
+    # the last step may start just before the budget ends: its length is allowed on top, as the longest so far
+    limit = lambda: TIME_BUDGET + GRACE + child.slowest_step() + (SETUP_LIMIT if started().get("ddp") else 0)  # noqa
     more = lambda: sum(e["event"] == "train_start" for e in child.events) > 1  # noqa: E731
-    if not child.wait(lambda: child.first("done") or more(), started()["at"] + limit) and \
+    if not child.wait(lambda: child.first("done") or more(), lambda: started()["at"] + limit()) and \
             child.proc.poll() is None:
         child.stop()
         epochs = [e for e in child.events if e["event"] == "epoch"]
         where = (f"{len(epochs)} epochs done, {epochs[-1]['images']} images at {epochs[-1]['rate']:.1f} images/s"
                  if epochs else "no epoch done")
-        raise HarnessError(f"the run overran: still going {limit:.0f} s after training started (time budget "
-                           f"{TIME_BUDGET:g} s, then {GRACE:.0f} s for the last step and checkpoint), {where}; "
-                           "stopped. A slow machine: lower IMGSZ, BATCH or the model's size; if training had "
-                           "stopped advancing, the end of the log shows what hung")
+        raise HarnessError(f"the run overran: still going {limit():.0f} s after training started (time budget "
+                           f"{TIME_BUDGET:g} s, then {GRACE:.0f} s for the last step and checkpoint, plus the longest "
+                           f"step, {child.slowest_step():.0f} s), {where}; stopped. A slow machine: lower IMGSZ, "
+                           "BATCH or the model's size; if training had stopped advancing, the end of the log shows "
+                           "what hung")
     if more():
         child.stop()
         raise HarnessError("train.py started a second training: one model.train(...) per run, one budget of "

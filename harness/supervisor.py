@@ -106,12 +106,17 @@ class Child:
         return next((e for e in self.events if e.get("event") == name), None)
 
     def wait(self, until, deadline):
-        """Wait until until() is true, the child exits, or the deadline (epoch seconds) passes; returns whether
-        until() is true."""
-        while not until() and self.proc.poll() is None and time.time() < deadline:
+        """Wait until until() is true, the child exits, or the deadline passes (epoch seconds, or a function
+        giving them, asked again as reports arrive); returns whether until() is true."""
+        end = deadline if callable(deadline) else lambda: deadline
+        while not until() and self.proc.poll() is None and time.time() < end():
             with self.changed:
-                self.changed.wait(min(1.0, max(deadline - time.time(), 0.01)))
+                self.changed.wait(min(1.0, max(end() - time.time(), 0.01)))
         return until()
+
+    def slowest_step(self):
+        """The longest training step the child has reported, in seconds (0.0 before the first)."""
+        return max((e["seconds"] for e in self.events if e.get("event") == "step"), default=0.0)
 
     def stop(self):
         """SIGTERM to the child's session and its DDP workers' groups, SIGKILL to whatever is left after the grace."""
@@ -153,14 +158,22 @@ def describe_exit(code):
 
 @functools.cache
 def watch_trainings():
-    """Child side: every Ultralytics trainer reports its first step (a second training is then seen) and each
-    epoch's end (how far a run got, should it overrun)."""
+    """Child side: every Ultralytics trainer reports its first step (a second training is then seen), each new
+    longest step (the limit allows one more: a slow machine's last step) and each epoch's end (how far a run got,
+    should it overrun)."""
     from ultralytics.engine.trainer import BaseTrainer
     run_callbacks = BaseTrainer.run_callbacks
 
     def reporting(self, event):
         if event == "on_train_start":
             report("train_start", trainer=type(self).__name__)
+        elif event == "on_train_batch_start":
+            self.step_started = time.time()
+        elif event == "on_train_batch_end" and hasattr(self, "step_started"):
+            step = time.time() - self.step_started
+            if step > getattr(self, "slowest_step", 0.0):
+                self.slowest_step = step
+                report("step", seconds=step)
         elif event == "on_fit_epoch_end":
             images = getattr(self, "trained_images", 0)
             report("epoch", epoch=self.epoch + 1, images=images,
