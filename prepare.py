@@ -17,10 +17,11 @@ child's best.pt itself and prints the summary: the last lines of the log.
 
 A run ends in one of two ways. Either the summary is the last thing printed and the exit code is 0, or the last
 line is one `error:` line, there is no `fitness:` line and the exit code is not 0: a bad dataset (before the
-child starts), a bad DEVICE, knob or MODEL (start(), before training), out of memory, a NaN loss, a changed
-evaluation, a second training, the time limits, a dataset changed during the run, a child that crashed, was
-killed or exited without finishing, SIGTERM or Ctrl-C. A train.py that does not parse never gets here: Python's
-SyntaxError ends it.
+child starts), a bad DEVICE, knob or MODEL (start(), before training), a BATCH that does not fit the GPU
+(before the first step, measured by harness/memory.py; a batch is never halved), out of memory, a NaN loss,
+a changed evaluation, a second training, the time limits, a dataset changed during the run, a child that
+crashed, was killed or exited without finishing, SIGTERM or Ctrl-C. A train.py that does not parse never gets
+here: Python's SyntaxError ends it.
 """
 
 import errno
@@ -37,7 +38,7 @@ from copy import copy
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import ddp, runtime, supervisor, validation
+from harness import ddp, memory, runtime, supervisor, validation
 from harness.common import CACHE_DIR, DEFAULT_DATA, REPO_DIR, RUN_DIR, HarnessError, banner, find_trainer, warn
 from harness.dataset import (check_dataset, content_fingerprint, dataset_line, describe_changes, find_dataset,
                              write_run_yaml)
@@ -242,6 +243,7 @@ def print_summary(done, child, m, val_seconds, val_peak, yaml_path, kind):
         "map50": f"{float(m['metrics/mAP50(B)']):.6f}",
         "map50_95": f"{fitness:.6f}",
         "epoch": done["epoch"] + 1,
+        "batch": done["batch"],
         "val_seconds": f"{val_seconds:.1f}",
         "time_budget_s": f"{TIME_BUDGET:g}",
         "train_images_per_s": f"{done['trained_images'] / max(training_seconds, 1e-9):.1f}",
@@ -369,13 +371,24 @@ def _trainer_class():
                 loader = super().get_dataloader(dataset_path, batch_size, rank, mode)  # workers start on first use
                 return validation.PrebuiltBatches(loader.dataset, loader.batch_size, self.device, keep=True)
             if mode != "train" or os.environ.get(GPU_DATA_ENV) != "1":
-                return super().get_dataloader(dataset_path, batch_size, rank, mode)
-            if getattr(self, "gpu_data", None) is None:  # decoded once: an out-of-memory retry only re-batches
+                loader = super().get_dataloader(dataset_path, batch_size, rank, mode)
+                if mode == "train":  # the model at this batch must fit: an error: line before the clock if not
+                    memory.plan(self, batch_size, loader.dataset.labels, 0)
+                return loader
+            if getattr(self, "gpu_data", None) is None:  # decoded once
                 from ultralytics.utils.torch_utils import torch_distributed_zero_first
                 with torch_distributed_zero_first(rank):  # one process writes the label cache
                     dataset = self.build_dataset(dataset_path, "train", batch_size)
-                self.gpu_data = GpuDataset(dataset, copy(self.args), self.device)
+                self.gpu_data = GpuDataset(dataset, copy(self.args), self.device, lambda nbytes: memory.plan(
+                    self, batch_size, dataset.labels, nbytes))  # on the GPU where they fit beside the model
             return GpuLoader(self.gpu_data, batch_size, self.args.seed, rank, self.world_size)
+
+        def _build_train_pipeline(self):
+            # Ultralytics' out-of-memory retry halves the batch and builds again: a run trains train.py's batch
+            if getattr(self, "planned_batch", self.batch_size) != self.batch_size:
+                raise HarnessError(memory.ran_out(self, self.planned_batch))
+            self.planned_batch = self.batch_size
+            super()._build_train_pipeline()
 
         def preprocess_batch(self, batch):
             self.trained_images += len(batch["img"])
@@ -458,8 +471,8 @@ def finish(model):
     if trainer.ddp:  # the workers trained with their own copy of the settings: guard those too
         guard(ddp.worker_view(trainer.ddp_reports[0]), run)
     done = {"training_seconds": trainer.training_seconds, "trained_images": trainer.trained_images,
-            "epoch": trainer.epoch, "peak_vram_mb": ddp.run_peak_vram_mb(run, trainer), "device": run.device,
-            "device_name": run.device_name, "weights": run.weights_note}
+            "epoch": trainer.epoch, "batch": trainer.batch_size, "peak_vram_mb": ddp.run_peak_vram_mb(run, trainer),
+            "device": run.device, "device_name": run.device_name, "weights": run.weights_note}
     supervisor.report("done", **done)
     return done
 

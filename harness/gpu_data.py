@@ -14,59 +14,83 @@ from harness.common import HarnessError, warn
 
 # Ultralytics' CPU workers (decode, mosaic, affine, HSV and flips, one image at a time) feed about a third of
 # what yolo11n's step takes on an H100. Here the training images are decoded once per run, before the clock,
-# and kept as uint8 on the GPU (in pinned host memory when they don't fit). Each batch is drawn in two halves:
-# the CPU draws every random choice with Ultralytics' formulas and moves the boxes in numpy (plan); the GPU
-# draws the pixels with two Triton kernels (render). While the GPU trains on one batch, a thread plans the
-# batch after next and the next one is drawn. Validation stays Ultralytics' own.
+# and kept as uint8 on the GPU (in pinned host memory when they and the model do not both fit), each at its own
+# size, packed end to end. Each batch is drawn in two halves: the CPU draws every random choice with
+# Ultralytics' formulas and moves the boxes in numpy (plan); the GPU draws the pixels with two Triton kernels
+# (render), which fold Ultralytics' resize of a small image into the warp. While the GPU trains on one batch, a
+# thread plans the batch after next and the next one is drawn. Validation stays Ultralytics' own.
 
 PAD = 114                    # Ultralytics' grey for letterbox padding and warp borders
-GPU_SHARE = 0.5              # decoded images go on the GPU while they take at most this share of its free memory
 DECODE_THREADS = min(16, os.cpu_count() or 1)  # cv2 releases the GIL: threads decode in parallel
+# The image store's table, one row per image: where its pixels start, its stored (h, w), and the (h, w) that
+# Ultralytics' loader resizes it to (the long side to imgsz). Larger images are stored resized; smaller ones as
+# they are, their resize drawn by the warp.
+M_OFFSET, M_STORED_H, M_STORED_W, M_H, M_W, M_COLS = 0, 1, 2, 3, 4, 5
 
 
-def load_resized(path, imgsz):
-    """One image as Ultralytics' training loader reads it: BGR, long side resized to imgsz (None if
-    it cannot be decoded)."""
+def load_capped(path, imgsz):
+    """One image as Ultralytics' training loader reads it, BGR, but resized only when its long side is over imgsz:
+    (the image or None if it cannot be decoded, the (h, w) that Ultralytics resizes it to)."""
     from ultralytics.utils.patches import imread
     im = imread(str(path))
     if im is None:
-        return None
+        return None, (0, 0)
     h0, w0 = im.shape[:2]
     r = imgsz / max(h0, w0)
-    if r != 1:
-        size = (min(math.ceil(w0 * r), imgsz), min(math.ceil(h0 * r), imgsz))
+    size = (min(math.ceil(w0 * r), imgsz), min(math.ceil(h0 * r), imgsz))
+    if r < 1:
         im = cv2.resize(im, size, interpolation=cv2.INTER_LINEAR)
-    return im
+    return im, size[::-1]
 
 
-def decode_images(files, imgsz, device, chunk=256):
-    """All training images, each at the top-left of an imgsz x imgsz grey tile: (uint8 tensor [N, S, S, 3]
-    on the GPU if it fits, else in pinned host memory; numpy array [N, 2] of each image's (h, w), (0, 0)
-    for one that cannot be decoded)."""
-    import torch
-    n, s = len(files), imgsz
-    cuda = device.type == "cuda"
-    on_gpu = cuda and n * s * s * 3 < GPU_SHARE * torch.cuda.mem_get_info(device)[0]
-    images = torch.empty((n, s, s, 3), dtype=torch.uint8, device=device if on_gpu else "cpu",
-                         pin_memory=cuda and not on_gpu)
-    staging = torch.empty((min(chunk, n), s, s, 3), dtype=torch.uint8, pin_memory=cuda) if on_gpu else None
-    sizes = np.zeros((n, 2), np.int64)
+class ImageStore:
+    """Every training image, packed end to end in one flat uint8 tensor (BGR, row-major) with its table (the M_*
+    columns). `pixels` and `table` live together: on the GPU, in pinned host memory, or in CPU memory."""
 
-    def decode(i, out):
-        im = load_resized(files[i], s)
-        out.fill(PAD)
-        if im is not None:
-            sizes[i] = im.shape[:2]
-            out[:im.shape[0], :im.shape[1]] = im
+    def __init__(self, pixels, table):
+        self.pixels, self.table = pixels, table
 
-    with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        for a in range(0, n, chunk):
-            b = min(a + chunk, n)
-            host = staging[:b - a] if on_gpu else images[a:b]
-            list(pool.map(decode, range(a, b), host.numpy()))
-            if on_gpu:
-                images[a:b].copy_(host)
-    return images, sizes
+    @classmethod
+    def decode(cls, files, imgsz):
+        """The images of `files`, decoded by threads into CPU memory: (the store, [N, 2] (h, w) that Ultralytics
+        resizes each to, (0, 0) for an image that cannot be decoded)."""
+        import torch
+        with ThreadPoolExecutor(DECODE_THREADS) as pool:
+            loaded = list(pool.map(lambda f: load_capped(f, imgsz), files))
+        sizes = np.array([hw for _, hw in loaded], np.int64).reshape(-1, 2)
+        stored = np.array([im.shape[:2] if im is not None else (0, 0) for im, _ in loaded], np.int64).reshape(-1, 2)
+        nbytes = stored.prod(1) * 3
+        table = np.concatenate([(np.cumsum(nbytes) - nbytes)[:, None], stored, sizes], 1)
+        pixels = np.empty(int(nbytes.sum()), np.uint8)
+        for (im, _), a in zip(loaded, table[:, M_OFFSET].tolist()):
+            if im is not None:
+                pixels[a:a + im.size] = im.reshape(-1)
+        return cls(torch.from_numpy(pixels), torch.from_numpy(table)), sizes
+
+    @property
+    def nbytes(self):
+        return self.pixels.numel()
+
+    def to(self, device, pin=False):
+        """This store on `device` (or, with pin, in pinned host memory); from pinned memory the copy is
+        asynchronous on the current stream."""
+        if pin:
+            return ImageStore(self.pixels.pin_memory(), self.table.pin_memory())
+        return ImageStore(*(t.to(device, non_blocking=True) for t in (self.pixels, self.table)))
+
+    def subset(self, ids):
+        """The images `ids` (distinct, a CPU tensor), packed into a new store in pinned memory where there is
+        CUDA: what one batch of a store in host memory copies to the GPU."""
+        import torch
+        table = self.table[ids].clone()
+        nbytes = table[:, M_STORED_H] * table[:, M_STORED_W] * 3
+        out = torch.empty(int(nbytes.sum()), dtype=torch.uint8, pin_memory=self.pixels.is_pinned())
+        src, dst = self.pixels.numpy(), out.numpy()
+        starts = (torch.cumsum(nbytes, 0) - nbytes).tolist()
+        for a, b, n in zip(table[:, M_OFFSET].tolist(), starts, nbytes.tolist()):
+            dst[b:b + n] = src[a:a + n]
+        table[:, M_OFFSET] = torch.as_tensor(starts)
+        return ImageStore(out, table)
 
 
 def pack_labels(labels):
@@ -110,13 +134,15 @@ class GpuDataset:
     """The training set as the GPU pipeline sees it: decoded images, packed boxes, the augmentation
     hyperparameters (Ultralytics' names and meanings), and Ultralytics' dataset for its labels."""
 
-    def __init__(self, dataset, hyp, device):
+    def __init__(self, dataset, hyp, device, fits_on_gpu=None):
+        """fits_on_gpu(nbytes): whether the decoded images go on the GPU (default: yes on CUDA); the trainer's
+        memory plan (harness/memory.py) answers it from the model's measured need."""
         import torch
         t = time.time()
         self.dataset, self.labels, self.device = dataset, dataset.labels, device
         self.imgsz = dataset.imgsz
         self.hyp = hyp
-        self.images, self.sizes = decode_images(dataset.im_files, self.imgsz, device)
+        store, self.sizes = ImageStore.decode(dataset.im_files, self.imgsz)
         self.boxes, self.start, self.count = pack_labels(self.labels)
         # The dataset check lets a few broken files through with a warning; train without them.
         self.index = np.flatnonzero(self.sizes[:, 0])
@@ -124,15 +150,17 @@ class GpuDataset:
             warn(f"{dataset.im_files[i]} cannot be decoded: training goes on without it")
         if not len(self.index):
             raise HarnessError(f"no training image could be decoded ({dataset.im_files[0]}, ...); check the dataset")
-        # Images that did not fit on the GPU: each batch's tiles are gathered and copied over (fetch).
-        self.gather = self.images.device != device
+        cuda = device.type == "cuda"
+        # Images that do not fit on the GPU: each batch's images are gathered and copied over (fetch).
+        self.gather = cuda and not (fits_on_gpu or (lambda nbytes: True))(store.nbytes)
+        self.store = store.to(device, pin=self.gather) if cuda else store
         self.copy_stream = torch.cuda.Stream(device) if self.gather else None
-        if device.type == "cuda":  # compile the Triton kernels now, before the training clock starts
+        if cuda:  # compile the Triton kernels now, before the training clock starts
             p = self.plan(self.index[:1], np.random.default_rng(0))
             self.render(torch.as_tensor(p["tiles"]), torch.as_tensor(p["params"]))
-        where = "host memory" if self.gather else "GPU" if device.type == "cuda" else "memory"
+        where = "host memory" if self.gather else "GPU" if cuda else "memory"
         print(f"GPU data: {len(self)} training images decoded in {time.time() - t:.1f} s, "
-              f"{self.images.numel() / 2**30:.1f} GB in {where}")
+              f"{store.nbytes / 2**30:.1f} GB in {where}")
 
     def __len__(self):  # decodable images
         return len(self.index)
@@ -203,21 +231,20 @@ class GpuDataset:
         return dict(tiles=tiles, params=params, batch_idx=sample[order], cls=cls[order], bboxes=xywhn[order])
 
     def fetch(self, tiles):
-        """Where render() reads a batch's tiles from, given plan()'s as a CPU tensor: (store, ids [B, 4] into
-        it, a CUDA event to wait for or None). Images kept in host memory: the batch's distinct tiles, gathered
-        into pinned memory and copied over on a side stream. GpuLoader calls this in its planning thread, so
-        the gather (tens of ms) and the copy overlap the training step."""
+        """Where render() reads a batch's images from, given plan()'s tiles as a CPU tensor: (store, ids [B, 4]
+        into its table, a CUDA event to wait for or None). Images kept in host memory: the batch's distinct
+        images, packed into pinned memory and copied over on a side stream. GpuLoader calls this in its planning
+        thread, so the packing (tens of ms) and the copy overlap the training step."""
         import torch
         dev = self.device
         if not self.gather:
-            return self.images, tiles.to(dev, non_blocking=True), None
+            return self.store, tiles.to(dev, non_blocking=True), None
         uniq, ids = torch.unique(tiles, return_inverse=True)
-        host = torch.empty((len(uniq), *self.images.shape[1:]), dtype=torch.uint8, pin_memory=dev.type == "cuda")
-        torch.index_select(self.images, 0, uniq, out=host)  # into a buffer: far faster than images[uniq]
+        batch = self.store.subset(uniq)
         if dev.type != "cuda":
-            return host, ids, None
+            return batch, ids, None
         with torch.cuda.stream(self.copy_stream):
-            store, ids = host.to(dev, non_blocking=True), ids.to(dev, non_blocking=True)
+            store, ids = batch.to(dev), ids.to(dev, non_blocking=True)
             ready = torch.cuda.Event()
             ready.record()
         return store, ids, ready
@@ -231,8 +258,8 @@ class GpuDataset:
         if ready is not None:  # copied on the side stream: wait for it, and keep its memory until drawn
             stream = torch.cuda.current_stream(self.device)
             stream.wait_event(ready)
-            store.record_stream(stream)
-            ids.record_stream(stream)
+            for t in (store.pixels, store.table, ids):
+                t.record_stream(stream)
         draw = render_triton if self.device.type == "cuda" else render_torch
         return draw(store, ids, params.to(self.device, non_blocking=True), self.imgsz)
 
@@ -241,29 +268,59 @@ class GpuDataset:
 P_MINV, P_XC, P_YC, P_OX, P_OY, P_MIX, P_RATIO, P_PARTNER, P_GAINS, P_COLS = 0, 9, 10, 11, 15, 19, 20, 21, 22, 25
 
 
-def render_torch(store, ids, params, s):
-    """The renderer in plain torch, for the CPU (and the reference the Triton one is tested against)."""
+def render_torch(store, ids, params, s, chunk=16):
+    """The renderer in plain torch, for the CPU (and the reference the Triton one is tested against), `chunk`
+    images at a time."""
     import torch
-    import torch.nn.functional as F
     b = len(ids)
+    img = torch.cat([warp_torch(store, ids[a:a + chunk], params[a:a + chunk], s) for a in range(0, b, chunk)])
+    mix, ratio, partner = params[:, P_MIX] > 0, params[:, P_RATIO], params[:, P_PARTNER].long()
+    r = ratio.view(b, 1, 1, 1)
+    img = torch.where(mix.view(b, 1, 1, 1), img * r + img[partner] * (1 - r), img)
+    return hsv_jitter(img, params[:, P_GAINS:P_GAINS + 3])
+
+
+def warp_torch(store, ids, params, s):
+    """Mosaic, affine and flips of these images: [B, 3, S, S] float RGB. Each output pixel samples the canvas:
+    bilinearly between four pixels of the resized image (grey beyond its edges), whose value at a point is read
+    bilinearly from the stored image at cv2.resize's pixel centres."""
+    import torch
+    b, dev = len(ids), store.pixels.device
     minv, xc, yc = params[:, P_MINV:P_MINV + 9].view(b, 3, 3), params[:, P_XC:P_XC + 1], params[:, P_YC:P_YC + 1]
     ox, oy = params[:, P_OX:P_OX + 4], params[:, P_OY:P_OY + 4]
-    mix, ratio, partner = params[:, P_MIX] > 0, params[:, P_RATIO], params[:, P_PARTNER].long()
-    # Where each output pixel comes from on the canvas, then from which tile.
-    ys, xs = torch.meshgrid(torch.arange(s, device=store.device), torch.arange(s, device=store.device), indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(s, device=dev), torch.arange(s, device=dev), indexing="ij")
     src = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3).float() @ minv.transpose(1, 2)
     u, v = src[..., 0] / src[..., 2], src[..., 1] / src[..., 2]
     q = (u >= xc).long() + 2 * (v >= yc).long()
     tu, tv = u - ox.gather(1, q), v - oy.gather(1, q)
-    grid = torch.stack([tu * (2 / (s - 1)) - 1, tv * (2 / (s - 1)) - 1, q * (2 / 3) - 1], -1)
-    tiles = store[ids.view(-1)].view(b, 4, s, s, 3).permute(0, 4, 1, 2, 3).flip(1).float() - PAD  # BGR -> RGB
-    img = F.grid_sample(tiles, grid.view(b, 1, s, s, 3), mode="bilinear", padding_mode="zeros",
-                        align_corners=True).squeeze(2) + PAD
+    table = store.table[ids.gather(1, q)]  # [B, S * S, M_COLS]: each pixel's image
+    row, offset = table.float(), table[..., M_OFFSET]
+    sh, sw = row[..., M_STORED_H], row[..., M_STORED_W]
+    h, w = row[..., M_H], row[..., M_W]
     on_canvas = (u >= 0) & (u <= 2 * s - 1) & (v >= 0) & (v <= 2 * s - 1)
-    img = torch.where(on_canvas.view(b, 1, s, s), img, torch.full_like(img, PAD))
-    r = ratio.view(b, 1, 1, 1)
-    img = torch.where(mix.view(b, 1, 1, 1), img * r + img[partner] * (1 - r), img)
-    return hsv_jitter(img, params[:, P_GAINS:P_GAINS + 3])
+    # how much of the four resized pixels around (tu, tv) lies on the image, the rest being grey
+    x0, y0 = tu.floor(), tv.floor()
+    fx, fy = tu - x0, tv - y0
+    wx = ((x0 >= 0) & (x0 < w)) * (1 - fx) + ((x0 >= -1) & (x0 < w - 1)) * fx
+    wy = ((y0 >= 0) & (y0 < h)) * (1 - fy) + ((y0 >= -1) & (y0 < h - 1)) * fy
+    inside = wx * wy * on_canvas
+    # the resized image at (tu, tv), read from the stored one (clamped to its edge, as cv2.resize does)
+    su = torch.minimum(((tu + 0.5) * sw / w - 0.5).clamp(min=0), sw - 1)
+    sv = torch.minimum(((tv + 0.5) * sh / h - 0.5).clamp(min=0), sh - 1)
+    sx0, sy0 = su.floor(), sv.floor()
+    gx, gy = (su - sx0)[..., None], (sv - sy0)[..., None]
+    sx1, sy1 = torch.minimum(sx0 + 1, sw - 1), torch.minimum(sy0 + 1, sh - 1)
+    channels = torch.tensor([2, 1, 0], device=dev)  # BGR -> RGB
+
+    def px(yy, xx):
+        at = offset + (yy.long() * sw.long() + xx.long()) * 3
+        return store.pixels[at[..., None] + channels].float()
+
+    top = px(sy0, sx0) * (1 - gx) + px(sy0, sx1) * gx
+    bottom = px(sy1, sx0) * (1 - gx) + px(sy1, sx1) * gx
+    value = top * (1 - gy) + bottom * gy
+    img = value * inside[..., None] + PAD * (1 - inside[..., None])
+    return img.view(b, s, s, 3).permute(0, 3, 1, 2)
 
 
 def hsv_jitter(img, gains):
@@ -300,8 +357,9 @@ def render_triton(store, ids, params, s):
     warp, blend_hsv = _triton_kernels()
     b = len(ids)
     grid = (triton.cdiv(s * s, RENDER_BLOCK), b)
-    warped = torch.empty((b, s, s, 3), dtype=torch.float16, device=store.device)
-    warp[grid](store, ids.contiguous(), params.contiguous(), warped, s, P_COLS, PAD, RENDER_BLOCK)
+    warped = torch.empty((b, s, s, 3), dtype=torch.float16, device=store.pixels.device)
+    warp[grid](store.pixels, store.table, ids.contiguous(), params.contiguous(), warped, s, P_COLS, M_COLS, PAD,
+               RENDER_BLOCK)
     out = torch.empty_like(warped)
     blend_hsv[grid](warped, params.contiguous(), out, s, P_COLS, RENDER_BLOCK)
     return out.permute(0, 3, 1, 2)  # [B, 3, S, S] with NHWC strides: .float() / 255 keep them
@@ -315,7 +373,8 @@ def _triton_kernels():
     import triton.language as tl
 
     @triton.jit
-    def warp(store, ids, choices, out, S: tl.constexpr, NP: tl.constexpr, PAD: tl.constexpr, BLOCK: tl.constexpr):
+    def warp(pixels, table, ids, choices, out, S: tl.constexpr, NP: tl.constexpr, NM: tl.constexpr,
+             PAD: tl.constexpr, BLOCK: tl.constexpr):
         b = tl.program_id(1).to(tl.int64)
         p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         live = p < S * S
@@ -327,19 +386,36 @@ def _triton_kernels():
         q = (u >= tl.load(row + 9)).to(tl.int32) + 2 * (v >= tl.load(row + 10)).to(tl.int32)
         tu, tv = u - tl.load(row + 11 + q), v - tl.load(row + 15 + q)
         on_canvas = live & (u >= 0) & (u <= 2 * S - 1) & (v >= 0) & (v <= 2 * S - 1)
-        tile = store + tl.load(ids + b * 4 + q, mask=live, other=0) * (S * S * 3)
-        x0f, y0f = tl.floor(tu), tl.floor(tv)
-        fx, fy = tu - x0f, tv - y0f
-        x0, y0 = x0f.to(tl.int32), y0f.to(tl.int32)
+        image = table + tl.load(ids + b * 4 + q, mask=live, other=0) * NM  # its row of the store's table
+        base = pixels + tl.load(image, mask=live, other=0)
+        sh = tl.load(image + 1, mask=live, other=1).to(tl.float32)
+        sw = tl.load(image + 2, mask=live, other=1).to(tl.float32)
+        h = tl.load(image + 3, mask=live, other=1).to(tl.float32)
+        wd = tl.load(image + 4, mask=live, other=1).to(tl.float32)
+        # how much of the four resized pixels around (tu, tv) lies on the image, the rest being grey
+        x0, y0 = tl.floor(tu), tl.floor(tv)
+        fx, fy = tu - x0, tv - y0
+        wx = tl.where((x0 >= 0) & (x0 < wd), 1 - fx, 0.0) + tl.where((x0 >= -1) & (x0 < wd - 1), fx, 0.0)
+        wy = tl.where((y0 >= 0) & (y0 < h), 1 - fy, 0.0) + tl.where((y0 >= -1) & (y0 < h - 1), fy, 0.0)
+        inside = tl.where(on_canvas, wx * wy, 0.0)
+        # the resized image at (tu, tv), read from the stored one (clamped to its edge, as cv2.resize does)
+        su = tl.minimum(tl.maximum((tu + 0.5) * sw / wd - 0.5, 0.0), sw - 1)
+        sv = tl.minimum(tl.maximum((tv + 0.5) * sh / h - 0.5, 0.0), sh - 1)
+        sx0f, sy0f = tl.floor(su), tl.floor(sv)
+        gx, gy = su - sx0f, sv - sy0f
+        sx0, sy0 = sx0f.to(tl.int64), sy0f.to(tl.int64)
+        stride = sw.to(tl.int64)
+        sx1 = tl.minimum(sx0 + 1, stride - 1)
+        sy1 = tl.minimum(sy0 + 1, sh.to(tl.int64) - 1)
+        read = on_canvas & (inside > 0)
         for c in tl.static_range(3):
-            acc = fx * 0  # not tl.zeros: a jit function, which the interpreter fails on if Triton loaded without it
-            for dy in tl.static_range(2):
-                for dx in tl.static_range(2):
-                    xi, yi = x0 + dx, y0 + dy
-                    inside = on_canvas & (xi >= 0) & (xi < S) & (yi >= 0) & (yi < S)
-                    px = tl.load(tile + (yi * S + xi) * 3 + (2 - c), mask=inside, other=PAD).to(tl.float32)
-                    acc += px * (fx if dx else 1 - fx) * (fy if dy else 1 - fy)
-            acc = tl.where(on_canvas, acc, PAD)
+            k = 2 - c  # BGR -> RGB
+            p00 = tl.load(base + (sy0 * stride + sx0) * 3 + k, mask=read, other=PAD).to(tl.float32)
+            p01 = tl.load(base + (sy0 * stride + sx1) * 3 + k, mask=read, other=PAD).to(tl.float32)
+            p10 = tl.load(base + (sy1 * stride + sx0) * 3 + k, mask=read, other=PAD).to(tl.float32)
+            p11 = tl.load(base + (sy1 * stride + sx1) * 3 + k, mask=read, other=PAD).to(tl.float32)
+            value = (p00 * (1 - gx) + p01 * gx) * (1 - gy) + (p10 * (1 - gx) + p11 * gx) * gy
+            acc = value * inside + PAD * (1 - inside)
             tl.store(out + (b * (S * S) + p) * 3 + c, acc.to(tl.float16), mask=live)  # NHWC
 
     @triton.jit

@@ -21,8 +21,8 @@ STOP_GRACE = 10                           # seconds between SIGTERM and SIGKILL
 DDP_STOP_GRACE = 30
 # Lines of the child that could pass for the supervisor's last lines: relayed with CHILD_MARK in front.
 SUMMARY_KEYS = ("fitness_key", "fitness", "training_seconds", "total_seconds", "peak_vram_mb", "precision", "recall",
-                "map50", "map50_95", "epoch", "val_seconds", "time_budget_s", "train_images_per_s", "data", "dataset",
-                "weights", "device", "run_dir", "error")
+                "map50", "map50_95", "epoch", "batch", "val_seconds", "time_budget_s", "train_images_per_s", "data",
+                "dataset", "weights", "device", "run_dir", "error")
 CHILD_MARK = "train.py| "
 
 

@@ -15,6 +15,8 @@
 #   LONG=1200 bash tests/bench.sh       # also one run with a 1200 s budget (a copy of the harness)
 #   FAULTS=1 bash tests/bench.sh        # also out-of-memory, and two agents at once on one GPU
 #   VALSIZES="640 1280" ...             # also tests/bench_val.py on the last run's best.pt at these sizes
+#   CARDS="all 24 16 12 8 80:IMGSZ=1280" ...  # also smaller cards, a blocker holding all but N GiB
+#                                       # (tests/bench_cards.py; CARDS_BUDGET, default 60 s); BASE=0: only these
 #   EDITS="0 1" ...                     # also tests/bench_edits.sh on these cards, after the runs
 #   PREP=0 ...                          # skip generation and dataset checks (the stand-in exists)
 #   CEILING_ARGS=--compile ...          # also torch.compile in the ceiling (about 2 min more)
@@ -221,6 +223,14 @@ if [ -n "${EDITS:-}" ]; then
   OUT="$OUT/edits" WORK="$WORK/edits" GPUS="$EDITS" PYTHON="${PYTHON:-}" bash tests/bench_edits.sh \
     > "$OUT/edits.log" 2>&1 || true
   tee -a "$OUT/table.txt" < "$OUT/edits/table.txt" || true
+fi
+
+# 3d. Optional: smaller cards, stood in for by a process holding all of the GPU's memory but N GiB.
+if [ -n "${CARDS:-}" ]; then
+  status "cards"
+  # shellcheck disable=SC2086  # CARDS is a list
+  $PY tests/bench_cards.py --out "$OUT/cards" --budget "${CARDS_BUDGET:-60}" $CARDS > "$OUT/cards.log" 2>&1 || true
+  tee -a "$OUT/table.txt" < "$OUT/cards/cards.txt" || row "cards" "failed: see $OUT/cards.log"
 fi
 
 # 4. Optional: the same train.py with a longer budget.

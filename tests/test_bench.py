@@ -109,3 +109,15 @@ def test_agent_edits_table_shows_edits_refused_at_start(tiny_data, tmp_path):
     assert rows.keys() == {"multi_scale", "rect"}, proc.stdout
     assert "error@start" in rows["rect"] and "error: rect=True is not supported by the GPU data" in rows["rect"]
     assert "error@start" in rows["multi_scale"] and "error: multi_scale=0.5 trains each" in rows["multi_scale"]
+
+
+def test_the_cards_bench_edits_train_py_knobs_and_refuses_one_that_matches_nothing(tmp_path):
+    import bench_cards
+    folder = bench_cards.edited_copy(tmp_path / "a", {"IMGSZ": "1280", "BATCH": "64"})
+    text = (folder / "train.py").read_text()
+    assert "\nIMGSZ = 1280              # training" in text and "\nBATCH = 64" in text
+    assert "import bench_profile; bench_profile.attach(model)" in text
+    with pytest.raises(SystemExit, match="no knob BACTH in train.py"):
+        bench_cards.edited_copy(tmp_path / "b", {"BACTH": "64"})
+    assert bench_cards.parse_card("80:IMGSZ=1280") == ("80GB-IMGSZ1280", 80.0, {"IMGSZ": "1280"})
+    assert bench_cards.parse_card("all") == ("all", None, {})

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, make_repo, run_train, summary_of
+from conftest import REPO, assert_failed, make_repo, run_train, summary_of
 from harness import gpu_data, runtime
 
 pytestmark = pytest.mark.gpu
@@ -20,7 +20,7 @@ ALL_KNOBS = {"mosaic": 0.5, "degrees": 20.0, "shear": 5.0, "perspective": 0.0005
              "hsv_h": 0.1}
 
 
-def gpu_dataset(data_yaml, device="cuda:0", **knobs):
+def gpu_dataset(data_yaml, device="cuda:0", fits_on_gpu=None, **knobs):
     """The GPU pipeline's training set over a dataset, built as prepare.Trainer builds it (on cuda:0, as the
     trainer names its device)."""
     from ultralytics.cfg import get_cfg
@@ -30,7 +30,7 @@ def gpu_dataset(data_yaml, device="cuda:0", **knobs):
     args = get_cfg(overrides={"imgsz": IMGSZ, **knobs})
     data = check_det_dataset(str(data_yaml))
     dataset = build_yolo_dataset(args, data["train"], 16, data, mode="train", stride=32)
-    return gpu_data.GpuDataset(dataset, copy(args), torch.device(device))
+    return gpu_data.GpuDataset(dataset, copy(args), torch.device(device), fits_on_gpu)
 
 
 @pytest.mark.parametrize("knobs", [{}, ALL_KNOBS], ids=["defaults", "all-knobs"])
@@ -38,8 +38,8 @@ def test_the_compiled_kernels_draw_what_the_torch_renderer_draws(tiny_data, knob
     gpu = gpu_dataset(tiny_data / "data.yaml", **knobs)
     plan = gpu.plan(gpu.index, np.random.default_rng(0))
     tiles, params = torch.as_tensor(plan["tiles"]).cuda(), torch.as_tensor(plan["params"]).cuda()
-    triton = gpu_data.render_triton(gpu.images, tiles, params, IMGSZ)
-    torch_ = gpu_data.render_torch(gpu.images, tiles, params, IMGSZ)
+    triton = gpu_data.render_triton(gpu.store, tiles, params, IMGSZ)
+    torch_ = gpu_data.render_torch(gpu.store, tiles, params, IMGSZ)
     assert triton.dtype == torch.float16 and triton.shape == torch_.shape == (len(gpu), 3, IMGSZ, IMGSZ)
     assert (triton.float() / 255).is_contiguous(memory_format=torch.channels_last)
     diff = (triton.float() - torch_).abs()
@@ -47,20 +47,11 @@ def test_the_compiled_kernels_draw_what_the_torch_renderer_draws(tiny_data, knob
     assert (diff > 1).float().mean() < 0.001  # a pixel on a tile seam may fall to the other side
 
 
-def test_images_decode_onto_the_gpu_exactly_as_on_the_cpu(tiny_data):
-    files = sorted((tiny_data / "train" / "images").iterdir())
-    on_gpu, sizes_gpu = gpu_data.decode_images(files, IMGSZ, torch.device("cuda"), chunk=5)  # chunks, staged
-    on_cpu, sizes_cpu = gpu_data.decode_images(files, IMGSZ, torch.device("cpu"))
-    assert on_gpu.device.type == "cuda" and on_cpu.device.type == "cpu"
-    assert torch.equal(on_gpu.cpu(), on_cpu) and (sizes_gpu == sizes_cpu).all() and sizes_gpu.min() > 0
-
-
-def test_images_kept_in_host_memory_travel_on_a_side_stream_and_draw_the_same_batches(tiny_data, monkeypatch):
+def test_images_kept_in_host_memory_travel_on_a_side_stream_and_draw_the_same_batches(tiny_data):
     on_device = gpu_dataset(tiny_data / "data.yaml", mosaic=0.5)
-    monkeypatch.setattr(gpu_data, "GPU_SHARE", 0.0)  # a GPU too small for the decoded images
-    in_host = gpu_dataset(tiny_data / "data.yaml", mosaic=0.5)
-    assert on_device.images.is_cuda and not on_device.gather
-    assert in_host.images.is_pinned() and in_host.gather and in_host.copy_stream is not None
+    in_host = gpu_dataset(tiny_data / "data.yaml", fits_on_gpu=lambda nbytes: False, mosaic=0.5)  # the plan's no
+    assert on_device.store.pixels.is_cuda and not on_device.gather
+    assert in_host.store.pixels.is_pinned() and in_host.gather and in_host.copy_stream is not None
     for epoch in range(2):
         a = [b["img"] for b in gpu_data.GpuLoader(on_device, 4, seed=epoch)]
         b = [b["img"] for b in gpu_data.GpuLoader(in_host, 4, seed=epoch)]
@@ -109,3 +100,19 @@ def test_a_ddp_run_over_two_gpus_reports_each_card(tiny_data, tmp_path):
     assert sorted(mb) == ["0", "1"] and float(summary["peak_vram_mb"]) == max(map(float, mb.values())) > 0
     reports = [json.loads((repo / "run" / f"ddp-rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["gpu"] for r in reports] == [0, 1] and reports[0]["epoch"] == reports[1]["epoch"]
+
+
+def test_a_batch_that_does_not_fit_beside_a_blocker_ends_before_the_clock_naming_one_that_does(tiny_data, tmp_path):
+    """The memory plan on CUDA, with 4 GiB of the card left free by another process: BATCH = 256 at 640 px ends
+    before the first step, and the batch its line names then trains, as itself."""
+    from bench_cards import card_with
+    knobs = {"IMGSZ": "640", "BATCH": "256", "NBS": "256"}
+    with card_with(4):
+        rc, log = run_train(make_repo(tmp_path, knobs), tiny_data / "data.yaml", budget=10)
+        last = assert_failed(rc, log, "error: BATCH = 256 does not fit on cuda:0 ")
+        assert "Epoch" not in log.split("error: BATCH")[0]  # no training step was taken
+        fits = int(last.split(" fits (")[0].rsplit("BATCH = ", 1)[1])
+        repo = make_repo(tmp_path, {**knobs, "BATCH": str(fits), "NBS": str(fits)}, name="fits")
+        rc, log = run_train(repo, tiny_data / "data.yaml", budget=10)
+    assert rc == 0, log[-3000:]
+    assert summary_of(log)["batch"] == str(fits) and "memory plan: a training step at batch" in log

@@ -433,16 +433,76 @@ def test_the_triton_renderer_draws_what_the_torch_renderer_draws(stats_data, kno
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     gpu_data._triton_kernels.cache_clear()  # built anew under the interpreter, and after this test
     try:
-        triton = gpu_data.render_triton(gpu.images, tiles, params, IMGSZ)
+        triton = gpu_data.render_triton(gpu.store, tiles, params, IMGSZ)
     finally:
         gpu_data._triton_kernels.cache_clear()
-    torch_ = gpu_data.render_torch(gpu.images, tiles, params, IMGSZ)
+    torch_ = gpu_data.render_torch(gpu.store, tiles, params, IMGSZ)
     assert triton.dtype == torch.float16 and triton.shape == torch_.shape == (12, 3, IMGSZ, IMGSZ)
     # channels-last, like the model on CUDA, and still so after the trainer's preprocess
     assert (triton.float() / 255).is_contiguous(memory_format=torch.channels_last)
     diff = (triton.float() - torch_).abs()
     assert diff.mean() < 0.05  # half precision rounds 0..255 to 1/8 at most
     assert (diff > 1).float().mean() < 0.001  # a pixel on a tile seam may fall to the other side
+
+
+def resized_store(dataset):
+    """The store as it was before images were kept at their own size: every image resized by Ultralytics' own
+    load_image (the long side to imgsz, smaller images scaled up), each as big as Ultralytics trains it."""
+    ims = [dataset.load_image(i)[0] for i in range(len(dataset))]
+    hw = np.array([im.shape[:2] for im in ims])
+    nbytes = hw.prod(1) * 3
+    table = np.concatenate([(np.cumsum(nbytes) - nbytes)[:, None], hw, hw], 1)
+    pixels = np.concatenate([im.reshape(-1) for im in ims])
+    return gpu_data.ImageStore(torch.from_numpy(pixels), torch.from_numpy(table))
+
+
+def test_images_are_stored_at_their_own_size_with_the_long_side_capped_at_imgsz(stats_data):
+    dataset, gpu = build(cfg(imgsz=320), stats_data)
+    own = np.array([cv2.imread(f).shape[:2] for f in dataset.im_files])
+    table = gpu.store.table.numpy()
+    stored, resized = table[:, [gpu_data.M_STORED_H, gpu_data.M_STORED_W]], table[:, [gpu_data.M_H, gpu_data.M_W]]
+    small = own.max(1) <= 320
+    assert 0 < small.sum() < len(own)  # the test sees both kinds
+    assert (stored[small] == own[small]).all() and (stored[~small] == resized[~small]).all()
+    assert (resized.max(1) == 320).all() and (resized == gpu.sizes).all()
+    assert gpu.store.nbytes == (stored.prod(1) * 3).sum() < resized_store(dataset).nbytes < len(own) * 320 * 320 * 3
+
+
+@pytest.mark.parametrize("knobs", [{}, {"mosaic": 0.5, "degrees": 20.0, "shear": 5.0, "perspective": 0.0005,
+                                          "flipud": 0.5, "mixup": 0.5, "hsv_h": 0.1}], ids=["defaults", "all-knobs"])
+def test_images_at_their_own_size_draw_the_batches_that_resized_ones_drew(stats_data, knobs):
+    """The warp resizes a small image as it samples it: the same choices give the same batches as a store of images
+    resized beforehand, as Ultralytics resizes them (its statistics within the tolerances above, pixel by pixel
+    within half a grey level on average)."""
+    dataset, gpu = build(cfg(imgsz=320, **knobs), stats_data)
+    rng = np.random.default_rng(0)
+    plans = [gpu.plan(gpu.index[a:a + 16], rng) for a in range(0, len(gpu), 16)]
+    draws = {}
+    for name, store in (("own size", gpu.store), ("resized", resized_store(dataset))):
+        imgs = [gpu_data.render_torch(store, torch.as_tensor(p["tiles"]), torch.as_tensor(p["params"]), 320)
+                for p in plans]
+        boxes = [p["bboxes"][p["batch_idx"] == i] for p in plans for i in range(len(p["tiles"]))]
+        draws[name] = torch.cat(imgs), boxes
+    ours, theirs = describe(*draws["own size"]), describe(*draws["resized"])
+    for key, tol in TOLERANCE.items():
+        diff = abs(ours[key] - theirs[key]) / (theirs[key] if key in RELATIVE else 1)
+        assert diff <= tol, f"{key}: own size {ours[key]:.4f}, resized {theirs[key]:.4f}"
+    assert (draws["own size"][0] - draws["resized"][0]).abs().mean() < 0.5
+
+
+def test_with_every_knob_off_a_small_image_is_scaled_up_as_ultralytics_scales_it(marker_data):
+    """The marker images (144 x 108) at imgsz 192: Ultralytics resizes them up before it letterboxes them, the GPU
+    pipeline draws the resize in its warp. The same boxes, and the same pixels to within two grey levels (one
+    bilinear sample where Ultralytics takes two in a row)."""
+    dataset, gpu = build(cfg(imgsz=192, **OFF), marker_data)
+    theirs = torch.stack([dataset[j]["img"] for j in range(8)]).float()
+    their_boxes = [dataset[j]["bboxes"].numpy() for j in range(8)]
+    p = gpu.plan(gpu.index[:8], np.random.default_rng(0))
+    ours = gpu.render(torch.as_tensor(p["tiles"]), torch.as_tensor(p["params"])).float()
+    for j in range(8):
+        assert np.abs(p["bboxes"][p["batch_idx"] == j] - their_boxes[j]).max() * 192 < 0.01
+    diff = (ours - theirs).abs()
+    assert diff.mean() < 0.2 and diff.max() < 2, (diff.mean(), diff.max())
 
 
 def test_batches_are_planned_off_the_training_thread_in_seed_order(stats_data):
@@ -460,12 +520,12 @@ def test_images_kept_in_host_memory_give_the_same_batches(stats_data):
     """Images that do not fit on the GPU stay in host memory: each batch's distinct tiles travel instead."""
     _, gpu = build(cfg(mosaic=0.5), stats_data)
     on_device = [b["img"] for b in gpu_data.GpuLoader(gpu, 16, seed=0)]
-    gpu.gather = True  # what a GPU too small for the images sets (the copy itself needs CUDA)
+    gpu.gather = True  # what a GPU too small for the images and the model sets (the copy itself needs CUDA)
     gathered = [b["img"] for b in gpu_data.GpuLoader(gpu, 16, seed=0)]
     assert len(gathered) == 4 and all(torch.equal(a, b) for a, b in zip(on_device, gathered))
     gpu.close_mosaic(cfg())
     store, ids, _ = gpu.fetch(torch.as_tensor(gpu.plan(gpu.index[:16], np.random.default_rng(0))["tiles"]))
-    assert len(store) == 16 and ids.shape == (16, 4)  # a plain image brings one tile, not four
+    assert len(store.table) == 16 and ids.shape == (16, 4)  # a plain image brings one image, not four
 
 
 def test_ddp_ranks_split_each_epoch_into_whole_batches(stats_data):

@@ -91,11 +91,38 @@ def test_seed_grep_finds_fitness_and_memory(default_run):
     assert [line.split(":")[0] for line in lines] == ["fitness", "peak_vram_mb"]
 
 
-def test_val_seconds_follows_epoch_and_lies_outside_the_training_clock(default_run):
+def test_batch_follows_epoch_and_is_the_batch_train_py_names(default_run):
     _, _, log, _ = default_run
     summary = summary_of(log)
     keys = list(summary)
-    assert keys[keys.index("epoch") + 1] == "val_seconds"
+    assert keys[keys.index("epoch") + 1] == "batch" and summary["batch"] == "4"  # conftest's FAST_KNOBS
+
+
+# Where Ultralytics' out-of-memory retry would halve the batch: the first step of the first epoch raises CUDA's error.
+FIRST_STEP_OUT_OF_MEMORY = """
+Trainer, preprocess = prepare.Trainer, prepare.Trainer.preprocess_batch
+def out_of_memory_once(self, batch):
+    if not getattr(Trainer, "ran_out", False):
+        Trainer.ran_out = True
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return preprocess(self, batch)
+Trainer.preprocess_batch = out_of_memory_once
+"""
+
+
+def test_an_out_of_memory_step_ends_the_run_where_ultralytics_would_halve_the_batch(tiny_data, tmp_path):
+    repo = make_repo(tmp_path, before_train=FIRST_STEP_OUT_OF_MEMORY)
+    rc, log = run_train(repo, tiny_data / "data.yaml")
+    last = assert_failed(rc, log, "error: BATCH = 4 does not fit on the cpu: a training step ran out of memory in "
+                                  "the first epoch (Ultralytics would halve the batch")
+    assert "lower BATCH" in last and "Reducing to batch=2" in log  # Ultralytics' retry began, and went no further
+
+
+def test_val_seconds_follows_batch_and_lies_outside_the_training_clock(default_run):
+    _, _, log, _ = default_run
+    summary = summary_of(log)
+    keys = list(summary)
+    assert keys[keys.index("batch") + 1] == "val_seconds"
     assert re.fullmatch(ONE_DECIMAL, summary["val_seconds"])
     val, training, total = (float(summary[k]) for k in ("val_seconds", "training_seconds", "total_seconds"))
     assert 0 < val and training + val < total
