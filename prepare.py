@@ -34,12 +34,12 @@ import signal
 import sys
 import threading
 import time
-from copy import copy
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import ddp, memory, runtime, supervisor, validation
-from harness.common import CACHE_DIR, DEFAULT_DATA, REPO_DIR, RUN_DIR, HarnessError, banner, find_trainer, warn
+from harness import ddp, runtime, supervisor, validation
+from harness.common import (CACHE_DIR, DEFAULT_DATA, GPU_DATA_ENV, REPO_DIR, RUN_DIR, HarnessError, banner,
+                            find_trainer, warn)
 from harness.dataset import (check_dataset, content_fingerprint, dataset_line, describe_changes, find_dataset,
                              write_run_yaml)
 from harness.device import peak_vram_mb, pick_device, resolve_weights, trained_here, trained_on
@@ -65,7 +65,6 @@ EXIT_GRACE = 30                      # from prepare.finish() to the child's exit
 EVAL_ARGS = ("split", "conf", "iou", "max_det", "classes", "agnostic_nms", "augment", "single_cls")
 # Ultralytics knobs the GPU data pipeline (GPU_DATA = True) does not implement, with the only value it accepts.
 GPU_UNSUPPORTED = {"copy_paste": 0.0, "cutmix": 0.0, "bgr": 0.0, "rect": False}
-GPU_DATA_ENV = "AUTORESEARCH_GPU_DATA"  # how train.py's GPU_DATA reaches DDP workers
 DATASET_ENV = "AUTORESEARCH_DATASET"    # the supervisor's checked dataset, handed to the child
 
 # ---------------------------------------------------------------------------
@@ -343,9 +342,9 @@ def _trainer_class():
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils import DEFAULT_CFG
 
-    from harness.gpu_data import GpuDataset, GpuLoader
+    from harness.gpu_data import TrainingData
 
-    class Trainer(DetectionTrainer):
+    class Trainer(TrainingData, DetectionTrainer):
         """Ultralytics' detection trainer with the harness inside: it writes into the run folder only, its clock
         stops at the last optimizer step, every batch counts its images, a NaN loss ends the run at once, the last
         epoch is not validated (the supervisor validates best.pt), and checkpoints are written only when they can
@@ -365,30 +364,6 @@ def _trainer_class():
                 return super().train()
             supervisor.report("train_start", ddp=True)  # the workers' start counts on top of the budget
             ddp.train_ddp(self)
-
-        def get_dataloader(self, dataset_path, batch_size=16, rank=0, mode="train"):
-            if mode == "val" and self.world_size <= 1 and validation.prebuilt():  # VAL = True: decoded once
-                loader = super().get_dataloader(dataset_path, batch_size, rank, mode)  # workers start on first use
-                return validation.PrebuiltBatches(loader.dataset, loader.batch_size, self.device, keep=True)
-            if mode != "train" or os.environ.get(GPU_DATA_ENV) != "1":
-                loader = super().get_dataloader(dataset_path, batch_size, rank, mode)
-                if mode == "train":  # the model at this batch must fit: an error: line before the clock if not
-                    memory.plan(self, batch_size, loader.dataset.labels, 0)
-                return loader
-            if getattr(self, "gpu_data", None) is None:  # decoded once
-                from ultralytics.utils.torch_utils import torch_distributed_zero_first
-                with torch_distributed_zero_first(rank):  # one process writes the label cache
-                    dataset = self.build_dataset(dataset_path, "train", batch_size)
-                self.gpu_data = GpuDataset(dataset, copy(self.args), self.device, lambda nbytes: memory.plan(
-                    self, batch_size, dataset.labels, nbytes))  # on the GPU where they fit beside the model
-            return GpuLoader(self.gpu_data, batch_size, self.args.seed, rank, self.world_size)
-
-        def _build_train_pipeline(self):
-            # Ultralytics' out-of-memory retry halves the batch and builds again: a run trains train.py's batch
-            if getattr(self, "planned_batch", self.batch_size) != self.batch_size:
-                raise HarnessError(memory.ran_out(self, self.planned_batch))
-            self.planned_batch = self.batch_size
-            super()._build_train_pipeline()
 
         def preprocess_batch(self, batch):
             self.trained_images += len(batch["img"])

@@ -9,6 +9,7 @@ DEFAULT_DATA = REPO_DIR / "ships-aerial-images" / "data.yaml"  # YOLO_DATA overr
 RUN_DIR = REPO_DIR / "run"          # one run folder, emptied at the start of every run
 WEIGHTS_DIR = REPO_DIR / "weights"  # local pretrained weights (*.pt)
 # Stand-in, label caches, check fingerprints, Ultralytics settings: shared by every checkout on the machine.
+GPU_DATA_ENV = "AUTORESEARCH_GPU_DATA"  # how train.py's GPU_DATA reaches the trainer and DDP workers
 CACHE_DIR = Path(os.environ.get("AUTORESEARCH_CACHE", "~/.cache/autoresearch-ships")).expanduser()
 
 

@@ -6,11 +6,13 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from copy import copy
 
 import cv2
 import numpy as np
 
-from harness.common import HarnessError, warn
+from harness import memory, validation
+from harness.common import GPU_DATA_ENV, HarnessError, warn
 
 # Ultralytics' CPU workers (decode, mosaic, affine, HSV and flips, one image at a time) feed about a third of
 # what yolo11n's step takes on an H100. Here the training images are decoded once per run, before the clock,
@@ -531,3 +533,33 @@ class GpuLoader:
         dev = self.dataset.device
         b = {k: p[k].to(dev, non_blocking=True) for k in ("batch_idx", "cls", "bboxes")}
         return {"img": self.dataset.render(p["tiles"], p["params"]), **b, "im_file": p["im_file"]}
+
+
+class TrainingData:
+    """prepare.Trainer's loaders and its one batch: the GPU pipeline for training (GPU_DATA = True) with its images
+    where the memory plan puts them, Ultralytics' own loader otherwise, kept batches for VAL = True's validation;
+    and a run that ends where Ultralytics would halve the batch after running out of memory."""
+
+    def get_dataloader(self, dataset_path, batch_size=16, rank=0, mode="train"):
+        if mode == "val" and self.world_size <= 1 and validation.prebuilt():  # VAL = True: decoded once
+            loader = super().get_dataloader(dataset_path, batch_size, rank, mode)  # workers start on first use
+            return validation.PrebuiltBatches(loader.dataset, loader.batch_size, self.device, keep=True)
+        if mode != "train" or os.environ.get(GPU_DATA_ENV) != "1":
+            loader = super().get_dataloader(dataset_path, batch_size, rank, mode)
+            if mode == "train":  # the model at this batch must fit: an error: line before the clock if not
+                memory.plan(self, batch_size, loader.dataset.labels, 0)
+            return loader
+        if getattr(self, "gpu_data", None) is None:  # decoded once
+            from ultralytics.utils.torch_utils import torch_distributed_zero_first
+            with torch_distributed_zero_first(rank):  # one process writes the label cache
+                dataset = self.build_dataset(dataset_path, "train", batch_size)
+            self.gpu_data = GpuDataset(dataset, copy(self.args), self.device, lambda nbytes: memory.plan(
+                self, batch_size, dataset.labels, nbytes))  # on the GPU where they fit beside the model
+        return GpuLoader(self.gpu_data, batch_size, self.args.seed, rank, self.world_size)
+
+    def _build_train_pipeline(self):
+        # Ultralytics' out-of-memory retry halves the batch and builds again: a run trains train.py's batch
+        if getattr(self, "planned_batch", self.batch_size) != self.batch_size:
+            raise HarnessError(memory.ran_out(self, self.planned_batch))
+        self.planned_batch = self.batch_size
+        super()._build_train_pipeline()
