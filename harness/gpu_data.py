@@ -282,10 +282,11 @@ def render_torch(store, ids, params, s, chunk=16):
     return hsv_jitter(img, params[:, P_GAINS:P_GAINS + 3])
 
 
-def warp_torch(store, ids, params, s):
+def warp_torch(store, ids, params, s, padded=None):
     """Mosaic, affine and flips of these images: [B, 3, S, S] float RGB. Each output pixel samples the canvas:
     bilinearly between four pixels of the resized image (grey beyond its edges), whose value at a point is read
-    bilinearly from the stored image at cv2.resize's pixel centres."""
+    bilinearly from the stored image at cv2.resize's pixel centres. padded (default: where every image is stored
+    at its resized size) samples padded tiles with grid_sample instead: the same pixels, 2-3x faster on a CPU."""
     import torch
     b, dev = len(ids), store.pixels.device
     minv, xc, yc = params[:, P_MINV:P_MINV + 9].view(b, 3, 3), params[:, P_XC:P_XC + 1], params[:, P_YC:P_YC + 1]
@@ -295,11 +296,14 @@ def warp_torch(store, ids, params, s):
     u, v = src[..., 0] / src[..., 2], src[..., 1] / src[..., 2]
     q = (u >= xc).long() + 2 * (v >= yc).long()
     tu, tv = u - ox.gather(1, q), v - oy.gather(1, q)
-    table = store.table[ids.gather(1, q)]  # [B, S * S, M_COLS]: each pixel's image
-    row, offset = table.float(), table[..., M_OFFSET]
-    sh, sw = row[..., M_STORED_H], row[..., M_STORED_W]
-    h, w = row[..., M_H], row[..., M_W]
+    table = store.table[ids]  # [B, 4, M_COLS]: each quadrant's image; a pixel takes its quadrant's
     on_canvas = (u >= 0) & (u <= 2 * s - 1) & (v >= 0) & (v <= 2 * s - 1)
+    if padded is None:
+        padded = bool((table[..., [M_STORED_H, M_STORED_W]] == table[..., [M_H, M_W]]).all())
+    if padded:
+        return sample_tiles(store, ids, tu, tv, q, on_canvas, s)
+    offset = table[..., M_OFFSET].gather(1, q)
+    sh, sw, h, w = (table[..., c].float().gather(1, q) for c in (M_STORED_H, M_STORED_W, M_H, M_W))
     # how much of the four resized pixels around (tu, tv) lies on the image, the rest being grey
     x0, y0 = tu.floor(), tv.floor()
     fx, fy = tu - x0, tv - y0
@@ -310,19 +314,34 @@ def warp_torch(store, ids, params, s):
     su = torch.minimum(((tu + 0.5) * sw / w - 0.5).clamp(min=0), sw - 1)
     sv = torch.minimum(((tv + 0.5) * sh / h - 0.5).clamp(min=0), sh - 1)
     sx0, sy0 = su.floor(), sv.floor()
-    gx, gy = (su - sx0)[..., None], (sv - sy0)[..., None]
+    gx, gy = su - sx0, sv - sy0
     sx1, sy1 = torch.minimum(sx0 + 1, sw - 1), torch.minimum(sy0 + 1, sh - 1)
-    channels = torch.tensor([2, 1, 0], device=dev)  # BGR -> RGB
+    stride = sw.long() * 3
+    rows = [offset + sy0.long() * stride, offset + sy1.long() * stride]
+    taps = [[r + sx0.long() * 3, r + sx1.long() * 3] for r in rows]  # [[top left, top right], [bottom ...]]
+    weights = [[(1 - gx) * (1 - gy), gx * (1 - gy)], [(1 - gx) * gy, gx * gy]]
+    out = []
+    for c in (2, 1, 0):  # BGR -> RGB
+        value = sum(store.pixels[taps[i][j] + c].float() * weights[i][j] for i in (0, 1) for j in (0, 1))
+        out.append(value * inside + PAD * (1 - inside))
+    return torch.stack(out, 1).view(b, 3, s, s)
 
-    def px(yy, xx):
-        at = offset + (yy.long() * sw.long() + xx.long()) * 3
-        return store.pixels[at[..., None] + channels].float()
 
-    top = px(sy0, sx0) * (1 - gx) + px(sy0, sx1) * gx
-    bottom = px(sy1, sx0) * (1 - gx) + px(sy1, sx1) * gx
-    value = top * (1 - gy) + bottom * gy
-    img = value * inside[..., None] + PAD * (1 - inside[..., None])
-    return img.view(b, s, s, 3).permute(0, 3, 1, 2)
+def sample_tiles(store, ids, tu, tv, q, on_canvas, s):
+    """warp_torch's pixels where every image is stored at its resized size: the images padded into S x S grey
+    tiles, then one grid_sample."""
+    import torch
+    import torch.nn.functional as F
+    b = len(ids)
+    uniq, inverse = torch.unique(ids, return_inverse=True)
+    tiles = torch.full((len(uniq), s, s, 3), PAD, dtype=torch.uint8, device=store.pixels.device)
+    for k, (offset, h, w) in enumerate(store.table[uniq][:, [M_OFFSET, M_STORED_H, M_STORED_W]].tolist()):
+        tiles[k, :h, :w] = store.pixels[offset:offset + h * w * 3].view(h, w, 3)
+    tiles = tiles[inverse.view(-1)].view(b, 4, s, s, 3).permute(0, 4, 1, 2, 3).flip(1).float() - PAD  # to RGB
+    grid = torch.stack([tu * (2 / (s - 1)) - 1, tv * (2 / (s - 1)) - 1, q * (2 / 3) - 1], -1)
+    img = F.grid_sample(tiles, grid.view(b, 1, s, s, 3), mode="bilinear", padding_mode="zeros",
+                        align_corners=True).squeeze(2) + PAD
+    return torch.where(on_canvas.view(b, 1, s, s), img, torch.full_like(img, PAD))
 
 
 def hsv_jitter(img, gains):

@@ -490,6 +490,16 @@ def test_images_at_their_own_size_draw_the_batches_that_resized_ones_drew(stats_
     assert (draws["own size"][0] - draws["resized"][0]).abs().mean() < 0.5
 
 
+def test_images_stored_at_their_resized_size_sample_the_same_as_padded_tiles(stats_data):
+    """The CPU's faster path (grid_sample over padded tiles) draws what the general one draws."""
+    dataset, gpu = build(cfg(mosaic=0.5, degrees=20.0), stats_data)
+    store = resized_store(dataset)
+    p = gpu.plan(gpu.index[:12], np.random.default_rng(0))
+    tiles, params = torch.as_tensor(p["tiles"]), torch.as_tensor(p["params"])
+    fast, general = (gpu_data.warp_torch(store, tiles, params, IMGSZ, padded) for padded in (None, False))
+    assert (fast - general).abs().max() < 0.01
+
+
 def test_with_every_knob_off_a_small_image_is_scaled_up_as_ultralytics_scales_it(marker_data):
     """The marker images (144 x 108) at imgsz 192: Ultralytics resizes them up before it letterboxes them, the GPU
     pipeline draws the resize in its warp. The same boxes, and the same pixels to within two grey levels (one
