@@ -56,18 +56,24 @@ class ImageStore:
     def decode(cls, files, imgsz):
         """The images of `files`, decoded by threads into CPU memory: (the store, [N, 2] (h, w) that Ultralytics
         resizes each to, (0, 0) for an image that cannot be decoded)."""
-        import torch
         with ThreadPoolExecutor(DECODE_THREADS) as pool:
             loaded = list(pool.map(lambda f: load_capped(f, imgsz), files))
         sizes = np.array([hw for _, hw in loaded], np.int64).reshape(-1, 2)
-        stored = np.array([im.shape[:2] if im is not None else (0, 0) for im, _ in loaded], np.int64).reshape(-1, 2)
+        return cls.pack([im for im, _ in loaded], sizes), sizes
+
+    @classmethod
+    def pack(cls, images, sizes):
+        """A store of these images (BGR arrays, None for one that could not be decoded), each to be resized to
+        its row of sizes [N, 2] (h, w)."""
+        import torch
+        stored = np.array([im.shape[:2] if im is not None else (0, 0) for im in images], np.int64).reshape(-1, 2)
         nbytes = stored.prod(1) * 3
         table = np.concatenate([(np.cumsum(nbytes) - nbytes)[:, None], stored, sizes], 1)
         pixels = np.empty(int(nbytes.sum()), np.uint8)
-        for (im, _), a in zip(loaded, table[:, M_OFFSET].tolist()):
+        for im, a in zip(images, table[:, M_OFFSET].tolist()):
             if im is not None:
                 pixels[a:a + im.size] = im.reshape(-1)
-        return cls(torch.from_numpy(pixels), torch.from_numpy(table)), sizes
+        return cls(torch.from_numpy(pixels), torch.from_numpy(table))
 
     @property
     def nbytes(self):
@@ -154,7 +160,7 @@ class GpuDataset:
             raise HarnessError(f"no training image could be decoded ({dataset.im_files[0]}, ...); check the dataset")
         cuda = device.type == "cuda"
         # Images that do not fit on the GPU: each batch's images are gathered and copied over (fetch).
-        self.gather = cuda and not (fits_on_gpu or (lambda nbytes: True))(store.nbytes)
+        self.gather = cuda and fits_on_gpu is not None and not fits_on_gpu(store.nbytes)
         self.store = store.to(device, pin=self.gather) if cuda else store
         self.copy_stream = torch.cuda.Stream(device) if self.gather else None
         if cuda:  # compile the Triton kernels now, before the training clock starts

@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+from bench_profile import summary_of
+
 REPO = Path(__file__).resolve().parents[1]
 BLOCKER = """
 import sys, time, torch
@@ -93,11 +95,6 @@ def edited_copy(folder, knobs):
         raise SystemExit("bench_cards: no 'model = YOLO(' line in train.py")
     (folder / "train.py").write_text(text)
     return folder
-
-
-def summary_of(log):
-    tail = log.rsplit("\n---\n", 1)
-    return dict(line.split(": ", 1) for line in tail[1].strip().splitlines()) if len(tail) == 2 else {}
 
 
 def run(label, knobs, gib, out, work, budget):

@@ -449,11 +449,7 @@ def resized_store(dataset):
     """The store as it was before images were kept at their own size: every image resized by Ultralytics' own
     load_image (the long side to imgsz, smaller images scaled up), each as big as Ultralytics trains it."""
     ims = [dataset.load_image(i)[0] for i in range(len(dataset))]
-    hw = np.array([im.shape[:2] for im in ims])
-    nbytes = hw.prod(1) * 3
-    table = np.concatenate([(np.cumsum(nbytes) - nbytes)[:, None], hw, hw], 1)
-    pixels = np.concatenate([im.reshape(-1) for im in ims])
-    return gpu_data.ImageStore(torch.from_numpy(pixels), torch.from_numpy(table))
+    return gpu_data.ImageStore.pack(ims, np.array([im.shape[:2] for im in ims], np.int64))
 
 
 def test_images_are_stored_at_their_own_size_with_the_long_side_capped_at_imgsz(stats_data):
