@@ -233,7 +233,7 @@ import ultralytics.data.dataset as dataset_mod
 import ultralytics.engine.trainer as trainer_mod
 print(json.dumps({{
     "trainer": state["trainer"] is prepare.Trainer, "prepare": prepare.__file__,
-    "check_amp": trainer_mod.check_amp(None), "excepthook": sys.excepthook is prepare._excepthook,
+    "check_amp": trainer_mod.check_amp is runtime.check_amp, "excepthook": sys.excepthook is prepare._excepthook,
     "labels_cache": dataset_mod.save_dataset_cache_file is runtime.save_labels_cache,
     "env": [os.environ.get(k) for k in ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_CONFIG_DIR")]}}))
 """

@@ -40,6 +40,7 @@ if "NETWORK_LOG" in os.environ:
     except OSError as e:
         print(f"network control: {{e}}")
 '''
+SHOW_AMP = "print(f'trainer amp: {model.trainer.amp}')"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def default_run(tiny_data, tmp_path_factory):
     """One real run of train.py (few-second budget, tiny images) with the network cut off. Its results.csv is
     kept beside the repo as first-results.csv (test_second_run_reuses_the_run_folder rewrites run/)."""
     tmp = tmp_path_factory.mktemp("default")
-    repo = make_repo(tmp, after_train=NETWORK_CONTROL)
+    repo = make_repo(tmp, after_train=NETWORK_CONTROL + SHOW_AMP)
     (tmp / "offline").mkdir()
     (tmp / "offline" / "sitecustomize.py").write_text(NO_NETWORK)
     env = {"PYTHONPATH": str(tmp / "offline"), "NETWORK_LOG": str(tmp / "network.log")}
@@ -157,6 +158,11 @@ def test_cpu_and_missing_weights_are_announced_loudly(default_run):
     _, _, log, _ = default_run
     assert "WARNING: no CUDA GPU found" in log
     assert "WARNING: yolo11n.pt not found in weights/" in log
+
+
+def test_the_cpu_trains_in_float32_as_ultralytics_does(default_run):
+    _, _, log, _ = default_run
+    assert "trainer amp: False" in log  # CPU autocast is bfloat16: 4x slower where the CPU lacks AVX512-BF16
 
 
 def test_run_touches_no_network(default_run):
