@@ -15,13 +15,9 @@ supervisor before any of train.py's own code runs. It checks and fingerprints th
 a child that trains (start(), model.train(trainer=Trainer), finish()), holds the time limits, validates the
 child's best.pt itself and prints the summary: the last lines of the log.
 
-A run ends in one of two ways. Either the summary is the last thing printed and the exit code is 0, or the last
-line is one `error:` line, there is no `fitness:` line and the exit code is not 0: a bad dataset (before the
-child starts), a bad DEVICE, knob or MODEL (start(), before training), a BATCH that does not fit the GPU
-(before the first step, measured by harness/memory.py; a batch is never halved), out of memory, a NaN loss,
-a changed evaluation, a second training, the time limits, a dataset changed during the run, a child that
-crashed, was killed or exited without finishing, SIGTERM or Ctrl-C. A train.py that does not parse never gets
-here: Python's SyntaxError ends it.
+A run ends in one of two ways: the summary is the last thing printed and the exit code is 0, or the last line is
+one `error:` line (README.md lists them), no `fitness:` line and a non-zero exit code. A
+train.py that does not parse never gets here: Python's SyntaxError ends it.
 """
 
 import errno
@@ -42,7 +38,8 @@ from harness.common import (CACHE_DIR, DEFAULT_DATA, GPU_DATA_ENV, REPO_DIR, RUN
                             find_trainer, warn)
 from harness.dataset import (check_dataset, content_fingerprint, dataset_line, describe_changes, find_dataset,
                              write_run_yaml)
-from harness.device import peak_vram_mb, pick_device, resolve_weights, trained_here, trained_on
+from harness.device import (peak_vram_mb, pick_device, record_validated, resolve_weights, trained_here, trained_on,
+                            validated_here, weights_digest)
 
 # ---------------------------------------------------------------------------
 # Constants (fixed, do not modify)
@@ -54,12 +51,15 @@ FITNESS_KEY = "metrics/mAP50-95(B)"  # the one number the agent maximizes
 # Tests shorten the budget; nothing may lengthen it, and the summary always shows it.
 if "AUTORESEARCH_TIME_BUDGET" in os.environ:
     TIME_BUDGET = min(TIME_BUDGET, float(os.environ["AUTORESEARCH_TIME_BUDGET"]))
-# The supervisor's limits, on its own clock. From the child's start to its first training step (imports, device,
-# decoding the images, building the model); with several GPUs the workers' start comes on top of the budget.
+# The supervisor's limits, on its own clock. From the child's start to its first step (imports, decoding the
+# images, building the model); with several GPUs the workers' start comes on top of the budget.
 SETUP_LIMIT = 150
-# After the budget: the last step (its length is allowed on top, as the longest step so far), the checkpoint, and
-# with VAL = True the last epoch's validation.
-GRACE = 0.2 * TIME_BUDGET + 30
+# Of that, train.py's own code (knobs, YOLO()): `import prepare` to start(), start() to model.train(...).
+TRAIN_PY_LIMIT = 15
+# From the first step to prepare.finish(): the budget, the longest step so far (the last may start just before
+# the end), END_ALLOWANCE (checkpoints, the guard) and with VAL = True the longest validation so far.
+END_ALLOWANCE = 15
+FIRST_VAL_ALLOWANCE = 0.2 * TIME_BUDGET + 30
 EXIT_GRACE = 30                      # from prepare.finish() to the child's exit
 # Evaluation settings that train.py must leave at Ultralytics' defaults: with VAL = True they choose best.pt.
 EVAL_ARGS = ("split", "conf", "iou", "max_det", "classes", "agnostic_nms", "augment", "single_cls")
@@ -94,12 +94,11 @@ def _excepthook(exc_type, exc, tb):
     if not isinstance(exc, (HarnessError, KeyboardInterrupt)):
         sys.__excepthook__(exc_type, exc, tb)
         sys.stderr.flush()
-    if ddp.ddp_rank() >= 0:  # a DDP worker: its parent ends with this line, not torch.distributed's
-        ddp.write_handoff(ddp.ddp_rank(), {"error": describe_failure(exc, tb)})
-    if supervisor.is_child():  # the supervisor prints it, last
-        supervisor.report("error", error=describe_failure(exc, tb))
-    else:
-        print(f"error: {describe_failure(exc, tb)}", flush=True)
+    error, worker = describe_failure(exc, tb), ddp.ddp_rank() >= 0
+    if worker:  # a DDP worker: its parent ends with this line, not torch.distributed's
+        ddp.write_handoff(ddp.ddp_rank(), {"error": error})
+    if not supervisor.report("error", error=error) and not (worker and supervisor.is_child()):
+        supervisor.say(f"error: {error}")  # else the supervisor prints it, last
 
 
 def _sigterm(signum, frame):
@@ -110,8 +109,10 @@ def _sigterm(signum, frame):
 
 
 runtime.go_offline()
-supervisor.take_report_pipe()
 sys.excepthook = _excepthook
+if supervisor.runs_train_py(REPO_DIR / "train.py"):
+    supervisor.check_first_statement(REPO_DIR / "train.py")
+supervisor.take_report_pipe(REPO_DIR / "train.py")
 if __name__ != "__mp_main__":  # worker processes keep their default handlers
     signal.signal(signal.SIGTERM, _sigterm)
 
@@ -137,7 +138,7 @@ def supervise():
         warn(f"the dataset changed since the previous run: {changes}")
     shutil.rmtree(RUN_DIR, ignore_errors=True)  # nothing of an earlier run can pass for this one's
     os.environ[DATASET_ENV] = json.dumps({"yaml": str(yaml_path), "kind": kind, "stats": stats}, default=str)
-    child = supervisor.Child(sys.argv)
+    child = supervisor.Child(sys.argv, TIME_BUDGET)
     threading.Thread(target=lambda: __import__("ultralytics"), daemon=True).start()  # ready when the child ends
     try:
         done = hold_limits(child)
@@ -161,10 +162,19 @@ def supervise():
 
 
 def hold_limits(child):
-    """Wait for the child under the supervisor's clock: training must start within SETUP_LIMIT, finish within
-    the budget plus GRACE, and the child exit within EXIT_GRACE. Returns its `done` report (None if it exited
-    without one); stops the child and raises HarnessError at a limit or at a second training."""
+    """Wait for the child under the supervisor's clock: train.py's own code outside the clock within TRAIN_PY_LIMIT,
+    the first step within SETUP_LIMIT, prepare.finish() within the end limit (end_limit()), the exit within
+    EXIT_GRACE. Returns the child's `done` report (None if it exited without one); stops the child and raises
+    HarnessError at a limit or at a second training."""
     started = lambda: child.first("train_start")  # noqa: E731
+    train_py = lambda: child.train_py_seconds(time.time())  # noqa: E731
+    child.wait(lambda: child.first("trainer"), lambda: min(child.started + SETUP_LIMIT,
+                                                           time.time() + TRAIN_PY_LIMIT - train_py()))
+    if child.proc.poll() is None and (ran := train_py()) >= TRAIN_PY_LIMIT:
+        child.stop()
+        raise HarnessError(f"train.py's own code ran {ran:.0f} s outside the training clock (limit "
+                           f"{TRAIN_PY_LIMIT} s, between `import prepare` and prepare.start() and between start() "
+                           "and model.train(...)); stopped. Train only inside model.train(...)")
     if not child.wait(started, child.started + SETUP_LIMIT) and child.proc.poll() is None:
         child.stop()
         raise HarnessError(f"train.py had not started training {SETUP_LIMIT} s after it began (imports, checks, "
@@ -172,30 +182,44 @@ def hold_limits(child):
                            "where it stood; a slow machine: lower IMGSZ or the model's size")
     if not started():
         return None
-    # the last step may start just before the budget ends: its length is allowed on top, as the longest so far
-    limit = lambda: TIME_BUDGET + GRACE + child.slowest_step() + (SETUP_LIMIT if started().get("ddp") else 0)  # noqa
     more = lambda: sum(e["event"] == "train_start" for e in child.events) > 1  # noqa: E731
-    if not child.wait(lambda: child.first("done") or more(), lambda: started()["at"] + limit()) and \
+    if not child.wait(lambda: child.first("done") or more(), lambda: started()["at"] + end_limit(child)) and \
             child.proc.poll() is None:
         child.stop()
         epochs = [e for e in child.events if e["event"] == "epoch"]
         where = (f"{len(epochs)} epochs done, {epochs[-1]['images']} images at {epochs[-1]['rate']:.1f} images/s"
                  if epochs else "no epoch done")
-        raise HarnessError(f"the run overran: still going {limit():.0f} s after training started (time budget "
-                           f"{TIME_BUDGET:g} s, then {GRACE:.0f} s for the last step and checkpoint, plus the longest "
-                           f"step, {child.slowest_step():.0f} s), {where}; stopped. A slow machine: lower IMGSZ, "
-                           "BATCH or the model's size; if training had stopped advancing, the end of the log shows "
-                           "what hung")
+        raise HarnessError(f"the run overran: prepare.finish() not reached {time.time() - started()['at']:.0f} s "
+                           f"after the first step, past the limit of {end_limit(child):.0f} s ({end_limit(child, True)}"
+                           f"), {where}; stopped. A slow machine: lower IMGSZ, BATCH or the model's size; if "
+                           "training had stopped advancing, the end of the log shows what hung")
     if more():
         child.stop()
         raise HarnessError("train.py started a second training: one model.train(...) per run, one budget of "
                            "training; put everything in one call")
     done = child.first("done")
+    if done:
+        print(f"supervisor: train.py's own code ran {train_py():.1f} s before model.train(...) (limit "
+              f"{TRAIN_PY_LIMIT} s); {done['at'] - started()['at']:.1f} s from the first step to prepare.finish() "
+              f"(limit {end_limit(child):.0f} s)")
     if done and not child.wait(lambda: child.proc.poll() is not None, done["at"] + EXIT_GRACE):
         child.stop()
         raise HarnessError(f"train.py did not exit {EXIT_GRACE} s after prepare.finish() (a thread or process "
                            "left running?); stopped")
     return done
+
+
+def end_limit(child, parts=False):
+    """The most seconds from the first step to prepare.finish(); parts: the sum in words."""
+    val = child.first("train_start").get("val")
+    last_val = max(child.validation_seconds(), default=FIRST_VAL_ALLOWANCE) if val else 0.0
+    ddp_start = SETUP_LIMIT if child.first("train_start").get("ddp") else 0
+    limit = TIME_BUDGET + child.slowest_step() + END_ALLOWANCE + last_val + ddp_start
+    if not parts:
+        return limit
+    return (f"the time budget {TIME_BUDGET:g} s, the longest step {child.slowest_step():.1f} s, {END_ALLOWANCE} s "
+            "for the checkpoint" + (f", {last_val:.0f} s for the last validation" if val else "") +
+            (f", {ddp_start} s for the DDP workers' start" if ddp_start else ""))
 
 
 def validate_best(done, yaml_path, stats):
@@ -212,15 +236,20 @@ def validate_best(done, yaml_path, stats):
     if Path(str(args.get("data"))).resolve() != (RUN_DIR / "data.yaml").resolve():
         raise HarnessError(f"best.pt was trained on data={args.get('data')}, not run.data; put it back")
     start = str(args.get("model") or "")
-    if start.endswith(".pt") and Path(start).is_file() and (why := trained_here(trained_on(start), yaml_path)):
+    if start.endswith(".pt") and Path(start).is_file() and \
+            (why := trained_here(trained_on(start), yaml_path) or validated_here(start)):
         raise HarnessError(f"training started from {start}, which this harness trained ({why}); weights from "
                            "earlier runs are refused: use released weights or a .yaml")
+    if weights_digest(best) != done["best_digest"]:
+        raise HarnessError(f"{best} changed after prepare.finish(): the metric is of the weights training ended "
+                           "with; train.py must not write there")
     device = done["device"][0] if isinstance(done["device"], list) else done["device"]
     data = write_run_yaml(stats, CACHE_DIR / "val" / f"{os.getpid()}.yaml")  # the supervisor's own copy
     t = time.time()
     metrics = validation.validate(str(best), data=str(data), split="val", device=device, single_cls=False,
                                   plots=False, project=str(RUN_DIR), name="val", exist_ok=True)
     data.unlink()
+    record_validated([best, best.with_name("last.pt")])  # as MODEL, refused from now on, whatever their metadata
     return metrics.results_dict, time.time() - t, peak_vram_mb(device)
 
 
@@ -285,6 +314,7 @@ def start(model, device=None, gpu_data=True):
     global _RUN
     if DATASET_ENV not in os.environ:
         raise HarnessError("prepare.start() runs in train.py's child: run `uv run train.py`")
+    supervisor.report("start")
     request = device
     device, device_name = pick_device(request)  # first: a bad DEVICE fails before anything is written
     os.environ[GPU_DATA_ENV] = "1" if gpu_data else "0"  # an environment variable reaches DDP workers too
@@ -301,6 +331,7 @@ def start(model, device=None, gpu_data=True):
     print(f"time budget: {TIME_BUDGET:g} s | device: {device_name} | weights: {weights_note}")
     _RUN = Run(str(data), {s: str(stats[s][0]) for s in ("train", "val")}, device, device_name, weights,
                weights_note)
+    supervisor.report("started")
     return _RUN
 
 
@@ -354,6 +385,7 @@ def _trainer_class():
         training_seconds = 0.0     # the trainer's clock at its end (DDP: rank 0's)
 
         def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
+            supervisor.report("trainer")  # train.py's own code outside the clock ends here (TRAIN_PY_LIMIT)
             # whatever name, project or exist_ok train.py passes: the one run folder
             overrides = {**(overrides or {}), "project": str(RUN_DIR.parent), "name": RUN_DIR.name, "exist_ok": True}
             super().__init__(cfg, overrides, _callbacks)
@@ -362,7 +394,7 @@ def _trainer_class():
         def train(self):
             if not self.ddp:
                 return super().train()
-            supervisor.report("train_start", ddp=True)  # the workers' start counts on top of the budget
+            supervisor.report("train_start", ddp=True, val=self.args.val)  # the workers' start: on top of the budget
             ddp.train_ddp(self)
 
         def preprocess_batch(self, batch):
@@ -370,21 +402,13 @@ def _trainer_class():
             return super().preprocess_batch(batch)
 
         def _get_warmup_iterations(self, num_batches):
-            # Called right after Ultralytics re-estimates, from this process's own clock, how many epochs fit
-            # the budget. DDP ranks that disagree validate after different epochs and deadlock (and follow
-            # different LR schedules): every rank takes rank 0's estimate, as it takes rank 0's stop.
-            if self.world_size > 1 and ddp.ddp_rank() >= 0:
-                import torch.distributed as dist
-                epochs = [self.epochs]
-                dist.broadcast_object_list(epochs, 0)
-                self.epochs = self.args.epochs = epochs[0]
+            ddp.share_epochs(self)  # right after Ultralytics re-estimates them from this rank's own clock
             return super()._get_warmup_iterations(num_batches)
 
         def optimizer_step(self):
             super().optimizer_step()
             self.training_seconds = time.time() - self.train_time_start  # the clock stops at the last step
-            # Stop early: no point spending the rest of the budget. Checked after the step, beside the
-            # trainer's own per-batch sync, so the GPU is not drained before the step's kernels are launched.
+            # Checked after the step, beside the trainer's own per-batch sync: the GPU is not drained first.
             if not bool(self.loss.isfinite()):
                 raise HarnessError(f"loss is {float(self.loss)} in epoch {self.epoch + 1}: the training "
                                    "diverged; lower LR0, or try AMP = False")
@@ -392,7 +416,11 @@ def _trainer_class():
         def validate(self):
             if not self.args.val:  # VAL = False: nothing chooses among epochs, and the supervisor validates
                 return self.metrics, None  # results.csv keeps its metric columns, at 0
-            return super().validate()
+            supervisor.report("val_start")  # the supervisor allows the longest one again after the budget
+            try:
+                return super().validate()
+            finally:
+                supervisor.report("val_end")
 
         def save_model(self):
             # Two checkpoints can matter: a new best validation, and the end (nothing resumes a 5-minute run).
@@ -424,8 +452,14 @@ def guard(trainer, run):
         changed.append(f"data={args.data} (must be run.data)")
     elif any(trainer.data.get(split) != folder for split, folder in run.splits.items()):
         changed.append(f"the dataset YAML {run.data} (its splits were rewritten)")
-    if not args.time or abs(args.time * 3600 - TIME_BUDGET) > 1e-6:
-        changed.append(f"time={args.time} (must be TIME_BUDGET / 3600 = {TIME_BUDGET / 3600:g})")
+    budget = float(os.environ[supervisor.BUDGET_ENV])  # the supervisor's, which a patched TIME_BUDGET leaves alone
+    if not args.time or abs(args.time * 3600 - budget) > 1e-6:
+        changed.append(f"time={args.time} (must be TIME_BUDGET / 3600 = {budget / 3600:g})")
+    train = Path(run.splits["train"]).resolve()
+    outside = [f for f in trainer.train_files if not Path(f).resolve().is_relative_to(train)]
+    if outside or not trainer.train_files:
+        changed.append(f"the training images ({len(outside)} of {len(trainer.train_files)} read from outside the "
+                       f"train split {train}{f', e.g. {outside[0]}' if outside else ''})")
     changed += [f"{k}={getattr(args, k)!r} (default {DEFAULT_CFG_DICT[k]!r})"
                 for k in EVAL_ARGS if getattr(args, k) != DEFAULT_CFG_DICT[k]]
     if get_split_fraction(args.fraction, "val") != 1.0:
@@ -442,46 +476,19 @@ def finish(model):
     if not isinstance(trainer, _trainer_class()):
         raise HarnessError("train.py must pass trainer=prepare.Trainer to model.train(): it carries the "
                            "harness's clock and checks; put it back")
-    guard(trainer, run)
-    if trainer.ddp:  # the workers trained with their own copy of the settings: guard those too
-        guard(ddp.worker_view(trainer.ddp_reports[0]), run)
+    guard(ddp.worker_view(trainer.ddp_reports[0]) if trainer.ddp else trainer, run)  # DDP: what rank 0 trained
     done = {"training_seconds": trainer.training_seconds, "trained_images": trainer.trained_images,
             "epoch": trainer.epoch, "batch": trainer.batch_size, "peak_vram_mb": ddp.run_peak_vram_mb(run, trainer),
-            "device": run.device, "device_name": run.device_name, "weights": run.weights_note}
+            "device": run.device, "device_name": run.device_name, "weights": run.weights_note,
+            "best_digest": weights_digest(trainer.best)}
     supervisor.report("done", **done)
     return done
 
-# ---------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------
-
-
-def main(argv=None):
-    import argparse
-
-    from harness import progress, synthetic
-    from harness.device import download_weights
-    parser = argparse.ArgumentParser(description="Dataset prep and checks for autoresearch on ships.")
-    parser.add_argument("command", nargs="?", default="check", choices=["check", "progress"])
-    parser.add_argument("--synthetic", choices=sorted(synthetic.SYNTH_SCALES),
-                        help="generate the stand-in at this scale")
-    parser.add_argument("--weights", metavar="NAME.pt", help="download Ultralytics weights into weights/")
-    parser.add_argument("--results", default="results.tsv", help="progress: the results file to read")
-    args = parser.parse_args(argv)
-    if args.command == "progress":
-        return progress.progress(args.results, "progress.png")
-    if args.weights:
-        download_weights(args.weights)
-        return 0
-    if args.synthetic:
-        yaml_path, kind = synthetic.make_synthetic(args.synthetic), "synthetic"
-    else:
-        yaml_path, kind = find_dataset()
-    print(dataset_line(yaml_path, kind, check_dataset(yaml_path)))
-    return 0
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # the commands in the docstring above
+    from harness.cli import main
     sys.exit(main())
 elif __name__ == "prepare" and supervisor.is_supervisor(REPO_DIR / "train.py"):
     sys.exit(supervise())
+elif __name__ == "prepare" and supervisor.is_child() and supervisor.runs_train_py(REPO_DIR / "train.py"):
+    __import__("ultralytics")  # here, so that train.py's own imports cost nothing of TRAIN_PY_LIMIT
+    supervisor.report("imported")

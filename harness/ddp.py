@@ -49,6 +49,7 @@ def worker_report(trainer, rank):
     if rank == 0:
         report["args"] = vars(trainer.args)
         report["splits"] = {split: trainer.data.get(split) for split in ("train", "val")}
+        report["train_files"] = trainer.train_files
         report["metrics"] = {k: float(v) for k, v in (trainer.metrics or {}).items()}
     return report
 
@@ -56,7 +57,18 @@ def worker_report(trainer, rank):
 def worker_view(report):
     """Rank 0's trainer as guard() sees it: the settings it trained and validated with, and its metrics."""
     from types import SimpleNamespace
-    return SimpleNamespace(args=SimpleNamespace(**report["args"]), data=report["splits"], metrics=report["metrics"])
+    return SimpleNamespace(args=SimpleNamespace(**report["args"]), data=report["splits"], metrics=report["metrics"],
+                           train_files=report["train_files"])
+
+
+def share_epochs(trainer):
+    """Every DDP rank takes rank 0's estimate of how many epochs fit the budget, as it takes rank 0's stop: ranks
+    that disagree validate after different epochs and deadlock (and follow different LR schedules)."""
+    if trainer.world_size > 1 and ddp_rank() >= 0:
+        import torch.distributed as dist
+        epochs = [trainer.epochs]
+        dist.broadcast_object_list(epochs, 0)
+        trainer.epochs = trainer.args.epochs = epochs[0]
 
 
 def ddp_failure(reports, code, world_size):

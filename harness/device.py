@@ -1,11 +1,14 @@
 """Device, weights and GPU memory: which device a run trains on, what YOLO() loads (never downloaded during a
 run), and peak memory as nvidia-smi shows it."""
 
+import hashlib
 import os
 from pathlib import Path
 
 from harness import common
-from harness.common import HarnessError, banner
+from harness.common import HarnessError, atomic_path, banner
+
+TRAINED_DIGESTS = common.CACHE_DIR / "trained-weights.txt"  # every checkpoint the supervisor validated, one a line
 
 
 def resolve_weights(name, dataset=None):
@@ -17,7 +20,7 @@ def resolve_weights(name, dataset=None):
     for path in (Path(name), common.WEIGHTS_DIR / name, Path(SETTINGS["weights_dir"]) / name):
         if path.is_file():
             data = trained_on(path)
-            if why := trained_here(data, dataset):
+            if why := trained_here(data, dataset) or validated_here(path):
                 raise HarnessError(f"MODEL = {name!r} in train.py: {path} was trained by this harness ({why}); "
                                    "weights from earlier runs are refused, each experiment is one budget of training "
                                    "from released weights or from scratch: use weights/ or a .yaml")
@@ -38,6 +41,41 @@ def trained_on(path):
         return ""  # not a checkpoint: YOLO() says what is wrong with it
     args = ckpt.get("train_args") if isinstance(ckpt, dict) else None
     return str((args or {}).get("data") or "")
+
+
+def weights_digest(path):
+    """A digest of the weights a checkpoint holds (what YOLO() would load: its EMA, else its model), over every
+    tensor's name and value in half precision: unchanged by edited metadata or a float32 copy. '' for a file
+    that holds no model."""
+    from ultralytics.utils.patches import torch_load
+    try:
+        ckpt = torch_load(path, map_location="cpu", weights_only=False)
+        model = ckpt.get("ema") or ckpt.get("model")
+        state = model.state_dict()
+    except Exception:
+        return ""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        tensor = tensor.detach().half() if tensor.is_floating_point() else tensor.detach()
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def record_validated(paths):
+    """Add the digests of the checkpoints at `paths` (those that exist) to TRAINED_DIGESTS."""
+    new = {d for d in (weights_digest(p) for p in paths if Path(p).is_file()) if d}
+    known = set(TRAINED_DIGESTS.read_text().split()) if TRAINED_DIGESTS.is_file() else set()
+    if new - known:
+        with atomic_path(TRAINED_DIGESTS) as tmp:
+            tmp.write_text("".join(f"{d}\n" for d in sorted(known | new)))
+
+
+def validated_here(path):
+    """Why the checkpoint at `path` holds weights an earlier run trained (its digest is in TRAINED_DIGESTS), or ''."""
+    if not TRAINED_DIGESTS.is_file() or weights_digest(path) not in TRAINED_DIGESTS.read_text().split():
+        return ""
+    return "the same weights as a checkpoint an earlier run trained, whatever its metadata says"
 
 
 def trained_here(data, dataset=None):

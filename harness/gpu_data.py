@@ -572,12 +572,14 @@ class TrainingData:
         if mode != "train" or os.environ.get(GPU_DATA_ENV) != "1":
             loader = super().get_dataloader(dataset_path, batch_size, rank, mode)
             if mode == "train":  # the model at this batch must fit: an error: line before the clock if not
+                self.train_files = list(loader.dataset.im_files)  # what the guard checks training read
                 memory.plan(self, batch_size, loader.dataset.labels, 0)
             return loader
         if getattr(self, "gpu_data", None) is None:  # decoded once
             from ultralytics.utils.torch_utils import torch_distributed_zero_first
             with torch_distributed_zero_first(rank):  # one process writes the label cache
                 dataset = self.build_dataset(dataset_path, "train", batch_size)
+            self.train_files = list(dataset.im_files)
             self.gpu_data = GpuDataset(dataset, copy(self.args), self.device, lambda nbytes: memory.plan(
                 self, batch_size, dataset.labels, nbytes))  # on the GPU where they fit beside the model
         return GpuLoader(self.gpu_data, batch_size, self.args.seed, rank, self.world_size)

@@ -3,6 +3,7 @@ reports through a pipe of its own; the supervisor relays the child's output, hol
 child's whole process group, and leaves the verdict to prepare.py. Nothing the child does can reach this process.
 """
 
+import ast
 import functools
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 
 CHILD_ENV = "AUTORESEARCH_CHILD"          # set in the child (and so in every process it starts)
 REPORT_FD_ENV = "AUTORESEARCH_REPORT_FD"  # the child's end of the report pipe
+BUDGET_ENV = "AUTORESEARCH_SUPERVISED_BUDGET"  # the budget the supervisor holds, for the child's guard
 STOP_GRACE = 10                           # seconds between SIGTERM and SIGKILL
 # The child's own grace for its DDP workers (ddp.stop_group), added to STOP_GRACE while it has some: killed sooner,
 # torchrun could not stop its workers, which run in sessions of their own.
@@ -30,30 +32,71 @@ def is_child():
     return os.environ.get(CHILD_ENV) == "1"
 
 
+def runs_train_py(train_py):
+    """True in a process started as `python train.py` of this checkout: the supervisor, or its child."""
+    return bool(sys.argv) and Path(sys.argv[0]).resolve() == Path(train_py).resolve()
+
+
+def check_first_statement(train_py):
+    """Nothing of train.py may run before the supervisor: its first statement must be `import prepare`, with only
+    a docstring, comments and `from __future__` imports above it. Raises HarnessError naming the line."""
+    from harness.common import HarnessError
+    for node in ast.parse(Path(train_py).read_text(), str(train_py)).body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            continue  # the docstring
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            continue
+        if isinstance(node, ast.Import) and [(a.name, a.asname) for a in node.names] == [("prepare", None)]:
+            return
+        line = ast.get_source_segment(Path(train_py).read_text(), node).splitlines()[0][:60]
+        raise HarnessError(f"{train_py} line {node.lineno}: `{line}` runs before `import prepare`; train.py's "
+                           "first statement must be `import prepare` (only a docstring, comments and `from "
+                           "__future__` imports above it): move that line below it")
+
+
+_WRITE = os.write  # taken when prepare is imported, before any of train.py's own code can run
+
+
+def say(line):
+    """Write one line of the supervisor's own (the summary, an `error:` line) to the log: past print() and
+    sys.stdout, straight to file descriptor 1, after whatever is still buffered."""
+    sys.stdout.flush()
+    data = (line + "\n").encode()
+    while data:
+        data = data[_WRITE(1, data):]
+
+
 def is_supervisor(train_py):
     """True in the process that runs this checkout's train.py directly: it supervises, and never trains."""
-    return not is_child() and bool(sys.argv) and Path(sys.argv[0]).resolve() == Path(train_py).resolve()
+    return not is_child() and runs_train_py(train_py)
 
 
 _PIPE = {}  # the child's end of the report pipe, and the one process that may write to it
 
 
-def take_report_pipe():
-    """Child side, at import: keep the report pipe for this process alone (no process it starts inherits it)."""
+def take_report_pipe(train_py):
+    """Child side, at import: keep the report pipe for this process alone (no process it starts inherits it).
+    A train.py process that says it is the child but was given no pipe raises HarnessError."""
+    from harness.common import HarnessError
     fd = os.environ.pop(REPORT_FD_ENV, None)
     if fd is not None:
         os.set_inheritable(int(fd), False)
         _PIPE.update(fd=int(fd), pid=os.getpid())
+    elif is_child() and runs_train_py(train_py):
+        raise HarnessError(f"train.py runs as the supervisor's child ({CHILD_ENV}=1) without its report pipe: "
+                           f"nothing would check this run. Unset {CHILD_ENV} and run `uv run train.py`")
 
 
 def report(event, **fields):
-    """Child side: one event to the supervisor; nothing where there is no supervisor, or in a forked process."""
+    """Child side: one event to the supervisor. Returns whether it was sent: not where there is no supervisor,
+    nor in a forked process."""
     if _PIPE.get("pid") != os.getpid():
-        return
+        return False
     try:
         os.write(_PIPE["fd"], (json.dumps({"event": event, **fields}, default=str) + "\n").encode())
     except OSError:
-        pass  # the supervisor is gone: nothing is listening
+        return False  # the supervisor is gone: nothing is listening
+    return True
 
 
 def mark(line):
@@ -66,9 +109,10 @@ class Child:
     """train.py run again as the child, in a session of its own, its output relayed line by line, its reports
     collected. `events` holds them in order, each with the supervisor's own time of arrival ("at")."""
 
-    def __init__(self, argv, out=sys.stdout):
+    def __init__(self, argv, budget, out=sys.stdout):
         read_fd, write_fd = os.pipe()
-        env = {**os.environ, CHILD_ENV: "1", REPORT_FD_ENV: str(write_fd), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, CHILD_ENV: "1", REPORT_FD_ENV: str(write_fd), BUDGET_ENV: f"{budget!r}",
+               "PYTHONUNBUFFERED": "1"}
         self.started = time.time()
         self.proc = subprocess.Popen(
             [sys.executable, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -118,6 +162,19 @@ class Child:
         """The longest training step the child has reported, in seconds (0.0 before the first)."""
         return max((e["seconds"] for e in self.events if e.get("event") == "step"), default=0.0)
 
+    def train_py_seconds(self, now):
+        """Seconds train.py's own code has run in the child so far, outside the training clock: from the end of
+        its `import prepare` to prepare.start(), and from start()'s return to model.train(...)."""
+        at = {name: (self.first(name) or {}).get("at") for name in ("imported", "start", "started", "trainer")}
+        before = (at["start"] or now) - at["imported"] if at["imported"] else 0.0
+        return before + ((at["trainer"] or now) - at["started"] if at["started"] else 0.0)
+
+    def validation_seconds(self):
+        """How long each validation the child reported took, on the supervisor's clock."""
+        starts = [e["at"] for e in self.events if e.get("event") == "val_start"]
+        ends = [e["at"] for e in self.events if e.get("event") == "val_end"]
+        return [end - start for start, end in zip(starts, ends)]
+
     def stop(self):
         """SIGTERM to the child's session and its DDP workers' groups, SIGKILL to whatever is left after the grace."""
         groups = [self.proc.pid, *self.groups]
@@ -166,7 +223,7 @@ def watch_trainings():
 
     def reporting(self, event):
         if event == "on_train_start":
-            report("train_start", trainer=type(self).__name__)
+            report("train_start", trainer=type(self).__name__, val=bool(self.args.val))
         elif event == "on_train_batch_start":
             self.step_started = time.time()
         elif event == "on_train_batch_end" and hasattr(self, "step_started"):

@@ -68,6 +68,32 @@ def test_weights_an_earlier_run_trained_are_refused(tiny_data, tmp_path):
     assert "was trained by this harness" in last and "weights from earlier runs are refused" in last
 
 
+RELABEL = """
+import sys, torch
+ckpt = torch.load(sys.argv[1], weights_only=False)
+if sys.argv[3] == "strip":
+    ckpt.pop("train_args")
+else:
+    ckpt["train_args"]["data"] = "coco8.yaml"
+    ckpt["ema"] = ckpt["ema"].float()
+torch.save(ckpt, sys.argv[2])
+"""
+
+
+def test_weights_an_earlier_run_trained_are_refused_whatever_their_metadata_says(tiny_data, tmp_path):
+    repo = make_repo(tmp_path)
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert rc == 0, log[-3000:]
+    (repo / "weights").mkdir()
+    trained = shutil.copy(repo / "run" / "weights" / "best.pt", tmp_path / "trained.pt")  # run/ is emptied next
+    for how in ("strip", "rewrite"):  # train_args removed; train_args naming another dataset, float32 weights
+        subprocess.run([sys.executable, "-c", RELABEL, str(trained),
+                        str(repo / "weights" / "yolo11n.pt"), how], check=True, timeout=120)
+        rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+        last = assert_failed(rc, log, "error: MODEL = 'yolo11n.pt' in train.py: ")
+        assert "the same weights as a checkpoint an earlier run trained" in last, how
+
+
 def test_training_from_such_weights_behind_starts_back_is_refused_after_the_run(tiny_data, tmp_path):
     repo = make_repo(tmp_path)
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
@@ -108,12 +134,46 @@ def test_a_second_training_ends_the_run(tiny_data, tmp_path, where):
 
 
 def test_a_budget_stretched_from_inside_is_stopped_by_the_supervisor(tiny_data, tmp_path):
-    stretch = ("prepare.GRACE = prepare.SETUP_LIMIT = 1e9\n"  # the supervisor's own limits are not these
+    stretch = ("prepare.END_ALLOWANCE = prepare.SETUP_LIMIT = 1e9\n"  # the supervisor's own limits are not these
                "model.add_callback('on_train_start', lambda t: setattr(t.args, 'time', 1.0))")
     repo = make_repo(tmp_path, before_train=stretch)
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
-    last = assert_failed(rc, log, "error: the run overran: still going ")
-    assert "epochs done" in last and 31 <= int(re.search(r"still going (\d+) s", last)[1]) <= 35
+    last = assert_failed(rc, log, "error: the run overran: prepare.finish() not reached ")
+    assert "epochs done" in last and 16 <= int(re.search(r"not reached (\d+) s", last)[1]) <= 20
+
+
+def test_a_patched_budget_constant_is_refused_by_the_guard(tiny_data, tmp_path):
+    patch = "prepare.TIME_BUDGET *= 4\nTIME_BUDGET = prepare.TIME_BUDGET"  # then time=TIME_BUDGET / 3600
+    repo = make_repo(tmp_path, before_train=patch)
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert "time=0.0011111111111111111 (must be TIME_BUDGET / 3600 = 0.000277778)" in assert_failed(
+        rc, log, "error: train.py changed what gets evaluated: ")
+
+
+def test_a_patched_budget_past_the_guard_is_stopped_on_the_supervisors_clock(tiny_data, tmp_path):
+    patch = "prepare.TIME_BUDGET *= 60\nTIME_BUDGET = prepare.TIME_BUDGET\nprepare.guard = lambda *args: None"
+    repo = make_repo(tmp_path, before_train=patch)
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    last = assert_failed(rc, log, "error: the run overran: prepare.finish() not reached ")
+    assert "past the limit of" in last and "(the time budget 1 s, the longest step " in last
+
+
+# A first training before the real one, by Ultralytics' own trainer, its reports to the supervisor cut: 20 s of
+# training outside the clock (a hand-written loop looks the same to the supervisor).
+HIDDEN_FIRST_TRAINING = """
+from ultralytics.engine.trainer import BaseTrainer
+report, BaseTrainer.run_callbacks = BaseTrainer.run_callbacks, lambda self, event: None
+YOLO("yolo11n.yaml").train(data=run.data, time=20 / 3600, imgsz=32, batch=4, workers=0, device="cpu", val=False,
+                           plots=False, project=str(prepare.RUN_DIR), name="hidden")
+BaseTrainer.run_callbacks = report
+"""
+
+
+def test_training_outside_the_clock_before_model_train_is_stopped(tiny_data, tmp_path):
+    repo = make_repo(tmp_path, before_train=HIDDEN_FIRST_TRAINING)
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    last = assert_failed(rc, log, "error: train.py's own code ran ")
+    assert re.match(r"error: train.py's own code ran 1[56] s outside the training clock \(limit 15 s", last), last
 
 # ---------------------------------------------------------------------------
 # Evaluation changed, then hidden: the metric is the supervisor's own validation
@@ -145,6 +205,75 @@ def test_a_run_that_never_trains_ends_with_an_error(tiny_data, tmp_path):
     repo = edited(make_repo(tmp_path), "model.train(\n", "dict(\n")
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
     assert_failed(rc, log, "error: train.py must call prepare.start() and then model.train()")
+
+# The trainer's dataset builder patched so that training reads the val split.
+TRAIN_ON_VAL = """
+from ultralytics.models.yolo.detect import DetectionTrainer
+build = DetectionTrainer.build_dataset
+DetectionTrainer.build_dataset = lambda self, path, mode="train", batch=None: build(
+    self, self.data["val"] if mode == "train" else path, mode, batch)
+"""
+
+
+@pytest.mark.parametrize("gpu_data", ["True", "False"])
+def test_training_on_the_val_split_is_refused(tiny_data, tmp_path, gpu_data):
+    repo = make_repo(tmp_path, knobs={"GPU_DATA": gpu_data}, before_train=TRAIN_ON_VAL)
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    last = assert_failed(rc, log, "error: train.py changed what gets evaluated: the training images (6 of 6 read "
+                                  f"from outside the train split {(tiny_data / 'train' / 'images').resolve()}, e.g. ")
+    assert "/valid/images/" in last
+
+
+def test_best_pt_changed_after_finish_is_refused(tiny_data, tmp_path):
+    swap = ("import torch; p = prepare.RUN_DIR / 'weights' / 'best.pt'; c = torch.load(p, weights_only=False); "
+            "next(c['ema'].parameters()).data += 1; torch.save(c, p)")
+    repo = edited(make_repo(tmp_path), "prepare.finish(model)", f"prepare.finish(model)\n{swap}")
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert_failed(rc, log, f"error: {repo / 'run' / 'weights' / 'best.pt'} changed after prepare.finish(): ")
+
+# ---------------------------------------------------------------------------
+# Nothing of train.py runs before the supervisor
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("above, ok", [
+    ('"""The docstring."""\n# a comment\nfrom __future__ import annotations\n', True),
+    ("import os\n", False),
+    ("import builtins; builtins.print = lambda *a, **k: None\n", False),
+    ('import os; os.environ["YOLO_DATA"] = "elsewhere.yaml"\n', False),
+    ("import prepare as p\n", False),
+])
+def test_the_first_statement_of_train_py_is_import_prepare(tmp_path, above, ok):
+    from harness import supervisor
+    from harness.common import HarnessError
+    train = tmp_path / "train.py"
+    train.write_text(above + "import prepare\nMODEL = 1\n")
+    if ok:
+        supervisor.check_first_statement(train)
+        return
+    with pytest.raises(HarnessError, match=r"line \d: `.+` runs before `import prepare`; train.py's first "):
+        supervisor.check_first_statement(train)
+
+
+def test_code_above_import_prepare_ends_the_run_before_the_supervisor_starts(tiny_data, tmp_path):
+    repo = edited(make_repo(tmp_path), "import prepare  #", 'import os; os.environ["AUTORESEARCH_CHILD"] = "1"\n'
+                                                          "import prepare  #")
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    assert_failed(rc, log, f"error: {repo / 'train.py'} line 12: `import os` runs before `import prepare`")
+    assert not (repo / "run").exists()
+
+
+def test_a_run_that_says_it_is_the_child_without_the_supervisors_pipe_ends_at_once(tiny_data, tmp_path):
+    repo = make_repo(tmp_path)
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1, env={"AUTORESEARCH_CHILD": "1"})
+    assert "without its report pipe" in assert_failed(rc, log, "error: train.py runs as the supervisor's child ")
+    assert not (repo / "run").exists()
+
+
+def test_the_supervisors_lines_go_past_a_patched_print_and_stdout(tmp_path):
+    script = ("import builtins, io, sys\nfrom harness import supervisor\n"
+              "builtins.print = lambda *a, **k: None\nsys.stdout = io.StringIO()\nsupervisor.say('fitness: 0.5')")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.stdout == "fitness: 0.5\n", out.stderr
 
 # ---------------------------------------------------------------------------
 # The dataset: changed during a run is an error, changed between runs is named
@@ -309,7 +438,7 @@ def test_a_stopped_child_with_ddp_workers_gets_the_time_to_stop_them(tmp_path, d
     marker = tmp_path / "stopped"
     script = tmp_path / "child.py"
     script.write_text(STOPPING_CHILD.format(repo=str(REPO), marker=str(marker), ddp=ddp))
-    child = supervisor.Child([str(script)], out=io.StringIO())
+    child = supervisor.Child([str(script)], 1, out=io.StringIO())
     assert child.wait(lambda: child.first("train_start"), time.time() + 60)
     child.stop()
     child.finish()

@@ -1,0 +1,30 @@
+"""prepare.py's commands (its docstring lists them): check the dataset, generate the stand-in, fetch weights, plot
+the night's progress."""
+
+import argparse
+
+from harness.dataset import check_dataset, dataset_line, find_dataset
+
+
+def main(argv=None):
+    """Run one command; returns the exit code."""
+    from harness import progress, synthetic
+    from harness.device import download_weights
+    parser = argparse.ArgumentParser(description="Dataset prep and checks for autoresearch on ships.")
+    parser.add_argument("command", nargs="?", default="check", choices=["check", "progress"])
+    parser.add_argument("--synthetic", choices=sorted(synthetic.SYNTH_SCALES),
+                        help="generate the stand-in at this scale")
+    parser.add_argument("--weights", metavar="NAME.pt", help="download Ultralytics weights into weights/")
+    parser.add_argument("--results", default="results.tsv", help="progress: the results file to read")
+    args = parser.parse_args(argv)
+    if args.command == "progress":
+        return progress.progress(args.results, "progress.png")
+    if args.weights:
+        download_weights(args.weights)
+        return 0
+    if args.synthetic:
+        yaml_path, kind = synthetic.make_synthetic(args.synthetic), "synthetic"
+    else:
+        yaml_path, kind = find_dataset()
+    print(dataset_line(yaml_path, kind, check_dataset(yaml_path)))
+    return 0
