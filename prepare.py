@@ -1,7 +1,7 @@
 """
-The fixed contract of autoresearch for ship detection: the time budget, the metric, what the supervisor checks and
-enforces, every way a run ends, and the summary. Read-only for the agent. The machinery behind it (dataset checks,
-the synthetic stand-in, the GPU data pipeline, several GPUs, the supervisor's process handling, the progress plot)
+The fixed contract of autoresearch for ship detection: the time budget, the metric, what the supervisor
+checks and enforces, every way a run ends, and the summary. Read-only for the agent. The machinery
+(dataset checks, the stand-in, the GPU data pipeline, several GPUs, process handling, the progress plot)
 lives in the read-only package harness/, which needs no reading.
 
 Usage:
@@ -10,14 +10,21 @@ Usage:
     uv run prepare.py --weights yolo11n.pt   # one-time download of pretrained weights into weights/
     uv run prepare.py progress               # results.tsv -> progress.png and a short text summary
 
-`uv run train.py > run.log 2>&1`: train.py's first line imports this module, and that process becomes the
-supervisor before any of train.py's own code runs. It checks and fingerprints the dataset, runs train.py again as
-a child that trains (start(), model.train(trainer=Trainer), finish()), holds the time limits, validates the
-child's best.pt itself and prints the summary: the last lines of the log.
+`uv run train.py > run.log 2>&1`: train.py's first statement imports this module, and that process
+becomes the supervisor before any of train.py's own code runs. It checks and fingerprints the dataset,
+runs train.py again as a child that trains (start(), model.train(trainer=Trainer), finish()), holds the
+time limits, validates the child's best.pt itself and prints the summary: the last lines of the log.
 
-A run ends in one of two ways: the summary is the last thing printed and the exit code is 0, or the last line is
-one `error:` line (README.md lists them), no `fitness:` line and a non-zero exit code. A
-train.py that does not parse never gets here: Python's SyntaxError ends it.
+A run ends with the summary as its last lines and exit code 0, or with one `error:` line last, no
+`fitness:` line and a non-zero exit code (README.md quotes them), when:
+- train.py has code above `import prepare`, or the dataset is broken (before the child starts);
+- DEVICE, a knob or MODEL is refused (start() and the trainer, before training);
+- BATCH does not fit the GPU (before the first step, measured by harness/memory.py; never halved);
+- training runs out of memory, or its loss is NaN;
+- train.py changed what gets evaluated, or started a second training;
+- a time limit passes (below), or the dataset or best.pt changed during the run;
+- the child crashed, was killed or exited without finishing; SIGTERM or Ctrl-C.
+A train.py that does not parse never gets here: Python's SyntaxError ends it.
 """
 
 import errno
@@ -26,20 +33,24 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import ddp, runtime, supervisor, validation
-from harness.common import (CACHE_DIR, DEFAULT_DATA, GPU_DATA_ENV, REPO_DIR, RUN_DIR, HarnessError, banner,
-                            find_trainer, warn)
-from harness.dataset import (check_dataset, content_fingerprint, dataset_line, describe_changes, find_dataset,
-                             write_run_yaml)
-from harness.device import (peak_vram_mb, pick_device, record_validated, resolve_weights, trained_here, trained_on,
-                            validated_here, weights_digest)
+from harness import common, dataset, ddp, runtime, supervisor, validation
+from harness.common import CACHE_DIR, GPU_DATA_ENV, REPO_DIR, RUN_DIR, HarnessError, banner
+from harness.device import (
+    peak_vram_mb,
+    pick_device,
+    record_validated,
+    resolve_weights,
+    trained_here,
+    trained_on,
+    validated_here,
+    weights_digest,
+)
 
 # ---------------------------------------------------------------------------
 # Constants (fixed, do not modify)
@@ -51,21 +62,25 @@ FITNESS_KEY = "metrics/mAP50-95(B)"  # the one number the agent maximizes
 # Tests shorten the budget; nothing may lengthen it, and the summary always shows it.
 if "AUTORESEARCH_TIME_BUDGET" in os.environ:
     TIME_BUDGET = min(TIME_BUDGET, float(os.environ["AUTORESEARCH_TIME_BUDGET"]))
-# The supervisor's limits, on its own clock. From the child's start to its first step (imports, decoding the
-# images, building the model); with several GPUs the workers' start comes on top of the budget.
+# The supervisor's limits, on its own clock. From the child's start to its first step (imports, decoding
+# the images, building the model); with several GPUs the workers' start comes on top of the budget.
 SETUP_LIMIT = 150
 # Of that, train.py's own code (knobs, YOLO()): `import prepare` to start(), start() to model.train(...).
 TRAIN_PY_LIMIT = 15
-# From the first step to prepare.finish(): the budget, the longest step so far (the last may start just before
-# the end), END_ALLOWANCE (checkpoints, the guard) and with VAL = True the longest validation so far.
+# From the first step to prepare.finish(): the budget, the longest step so far (the last may start just
+# before the end), END_ALLOWANCE (checkpoints, the guard) and with VAL = True the longest validation so far.
 END_ALLOWANCE = 15
 FIRST_VAL_ALLOWANCE = 0.2 * TIME_BUDGET + 30
 EXIT_GRACE = 30                      # from prepare.finish() to the child's exit
 # Evaluation settings that train.py must leave at Ultralytics' defaults: with VAL = True they choose best.pt.
 EVAL_ARGS = ("split", "conf", "iou", "max_det", "classes", "agnostic_nms", "augment", "single_cls")
-# Ultralytics knobs the GPU data pipeline (GPU_DATA = True) does not implement, with the only value it accepts.
+# Ultralytics knobs the GPU data pipeline (GPU_DATA = True) does not implement, with the only value it takes.
 GPU_UNSUPPORTED = {"copy_paste": 0.0, "cutmix": 0.0, "bgr": 0.0, "rect": False}
-DATASET_ENV = "AUTORESEARCH_DATASET"    # the supervisor's checked dataset, handed to the child
+DATASET_ENV = "AUTORESEARCH_DATASET"  # the supervisor's checked dataset, handed to the child
+# The summary's lines, in order: the seed's ten, then what the agent needs to read a run.
+SUMMARY_KEYS = ("fitness_key", "fitness", "training_seconds", "total_seconds", "peak_vram_mb", "precision",
+                "recall", "map50", "map50_95", "epoch", "batch", "val_seconds", "time_budget_s",
+                "train_images_per_s", "data", "dataset", "weights", "device", "run_dir")
 
 # ---------------------------------------------------------------------------
 # Import-time setup: offline before Ultralytics is imported, every failure one `error:` line
@@ -83,38 +98,14 @@ def describe_failure(exc, tb=None):
         return (f"disk full ({exc.filename or 'while writing'}): free space on the disk that holds "
                 f"{RUN_DIR} and {CACHE_DIR}, then run again")
     if "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
-        trainer = find_trainer(tb)
+        trainer = common.find_trainer(tb)
         where = f" at batch={trainer.args.batch} imgsz={trainer.args.imgsz}" if trainer else ""
         return f"CUDA out of memory{where}; lower BATCH or IMGSZ (or pick a smaller MODEL) in train.py"
     return f"{type(exc).__name__}: {text}"[:300]
 
 
-def _excepthook(exc_type, exc, tb):
-    sys.stdout.flush()
-    if not isinstance(exc, (HarnessError, KeyboardInterrupt)):
-        sys.__excepthook__(exc_type, exc, tb)
-        sys.stderr.flush()
-    error, worker = describe_failure(exc, tb), ddp.ddp_rank() >= 0
-    if worker:  # a DDP worker: its parent ends with this line, not torch.distributed's
-        ddp.write_handoff(ddp.ddp_rank(), {"error": error})
-    if not supervisor.report("error", error=error) and not (worker and supervisor.is_child()):
-        supervisor.say(f"error: {error}")  # else the supervisor prints it, last
-
-
-def _sigterm(signum, frame):
-    # kill and timeout send SIGTERM, and `uv run` passes its own on: the first ends the run through the same
-    # clean path as Ctrl-C, a second must not interrupt that path.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
 runtime.go_offline()
-sys.excepthook = _excepthook
-if supervisor.runs_train_py(REPO_DIR / "train.py"):
-    supervisor.check_first_statement(REPO_DIR / "train.py")
-supervisor.take_report_pipe(REPO_DIR / "train.py")
-if __name__ != "__mp_main__":  # worker processes keep their default handlers
-    signal.signal(signal.SIGTERM, _sigterm)
+supervisor.install(REPO_DIR / "train.py", describe_failure, workers=__name__ == "__mp_main__")
 
 # ---------------------------------------------------------------------------
 # The supervisor: train.py's own process, which never runs train.py's code
@@ -124,37 +115,32 @@ if __name__ != "__mp_main__":  # worker processes keep their default handlers
 def supervise():
     """Check the dataset, run train.py's child, hold the limits, validate its best.pt, print the summary.
     Returns the exit code (0: the summary was printed); a failure raises HarnessError, the last line."""
-    yaml_path, kind = find_dataset()
-    if kind == "synthetic":
-        banner(f"no dataset in {DEFAULT_DATA.parent}/ and no YOLO_DATA: training on the SYNTHETIC "
-               "stand-in (data: synthetic). Put Kaggle's ships-aerial-images there for real results.")
-    stats = check_dataset(yaml_path)
-    print(dataset_line(yaml_path, kind, stats))
-    splits = [stats[s][0] for s in ("train", "val", "test") if s in stats]
+    yaml_path, kind = dataset.find_dataset()
+    stats = dataset.check_dataset(yaml_path)
+    print(dataset.dataset_line(yaml_path, kind, stats))
+    splits = [stats[s].folder for s in ("train", "val", "test") if s in stats]
     t = time.time()
-    before, last_run = content_fingerprint(yaml_path, splits)
+    before, last_run = dataset.content_fingerprint(yaml_path, splits)
     print(f"dataset fingerprint: {len(before)} files in {time.time() - t:.1f} s")
-    if last_run and (changes := describe_changes(last_run, before)):
-        warn(f"the dataset changed since the previous run: {changes}")
+    if last_run and (changes := dataset.describe_changes(last_run, before)):
+        common.warn(f"the dataset changed since the previous run: {changes}")
     shutil.rmtree(RUN_DIR, ignore_errors=True)  # nothing of an earlier run can pass for this one's
     os.environ[DATASET_ENV] = json.dumps({"yaml": str(yaml_path), "kind": kind, "stats": stats}, default=str)
-    child = supervisor.Child(sys.argv, TIME_BUDGET)
-    threading.Thread(target=lambda: __import__("ultralytics"), daemon=True).start()  # ready when the child ends
+    child = supervisor.Child(sys.argv, TIME_BUDGET, marked=SUMMARY_KEYS + ("error",))
+    threading.Thread(target=lambda: __import__("ultralytics"), daemon=True).start()  # ready when needed
     try:
         done = hold_limits(child)
     except KeyboardInterrupt:
         child.stop()
         child.finish()
         raise HarnessError(describe_failure(KeyboardInterrupt())) from None
-    code = child.finish()
-    error = child.first("error")
+    code, error = child.finish(), child.first("error")
     if error or code or not done:
-        how = supervisor.describe_exit(code)
         raise HarnessError(error["error"] if error else
-                           f"train.py ended ({how}) without finishing: it must call prepare.start(), "
-                           "model.train(...) and prepare.finish(model); the log above says where it stopped")
-    after, _ = content_fingerprint(yaml_path, splits)
-    if changes := describe_changes(before, after):
+                           f"train.py ended ({supervisor.describe_exit(code)}) without finishing: it must "
+                           "call prepare.start(), model.train(...) and prepare.finish(model); the log above "
+                           "says where it stopped")
+    if changes := dataset.describe_changes(before, dataset.content_fingerprint(yaml_path, splits)[0]):
         raise HarnessError(f"the dataset changed during the run: {changes}; train.py must not write there "
                            "(program.md); restore the dataset")
     metrics, val_seconds, val_peak = validate_best(done, yaml_path, stats)
@@ -162,71 +148,66 @@ def supervise():
 
 
 def hold_limits(child):
-    """Wait for the child under the supervisor's clock: train.py's own code outside the clock within TRAIN_PY_LIMIT,
-    the first step within SETUP_LIMIT, prepare.finish() within the end limit (end_limit()), the exit within
-    EXIT_GRACE. Returns the child's `done` report (None if it exited without one); stops the child and raises
+    """Wait for the child under the supervisor's clock: TRAIN_PY_LIMIT, SETUP_LIMIT, end_limit() and
+    EXIT_GRACE. Returns its `done` report (None if it exited without one); stops the child and raises
     HarnessError at a limit or at a second training."""
-    started = lambda: child.first("train_start")  # noqa: E731
-    train_py = lambda: child.train_py_seconds(time.time())  # noqa: E731
-    child.wait(lambda: child.first("trainer"), lambda: min(child.started + SETUP_LIMIT,
-                                                           time.time() + TRAIN_PY_LIMIT - train_py()))
-    if child.proc.poll() is None and (ran := train_py()) >= TRAIN_PY_LIMIT:
+    # Up to prepare.Trainer, or to another trainer's training (which makes the real one a second training)
+    child.wait(lambda: child.first("trainer") or child.first("train_start"), lambda: min(
+        child.started + SETUP_LIMIT, time.time() + TRAIN_PY_LIMIT - child.train_py_seconds()))
+    ran = child.train_py_seconds()
+    if child.running() and not child.first("train_start") and ran >= TRAIN_PY_LIMIT:
         child.stop()
         raise HarnessError(f"train.py's own code ran {ran:.0f} s outside the training clock (limit "
-                           f"{TRAIN_PY_LIMIT} s, between `import prepare` and prepare.start() and between start() "
-                           "and model.train(...)); stopped. Train only inside model.train(...)")
-    if not child.wait(started, child.started + SETUP_LIMIT) and child.proc.poll() is None:
+                           f"{TRAIN_PY_LIMIT} s, between `import prepare` and prepare.start() and between "
+                           "start() and model.train(...)); stopped. Train only inside model.train(...)")
+    if not child.wait("train_start", child.started + SETUP_LIMIT) and child.running():
         child.stop()
-        raise HarnessError(f"train.py had not started training {SETUP_LIMIT} s after it began (imports, checks, "
-                           "decoding the images, building the model); stopped. Look at the end of the log for "
-                           "where it stood; a slow machine: lower IMGSZ or the model's size")
-    if not started():
+        raise HarnessError(f"train.py had not started training {SETUP_LIMIT} s after it began (imports, "
+                           "checks, decoding the images, building the model); stopped. Look at the end of "
+                           "the log for where it stood; a slow machine: lower IMGSZ or the model's size")
+    if not (first := child.first("train_start")):
         return None
-    more = lambda: sum(e["event"] == "train_start" for e in child.events) > 1  # noqa: E731
-    if not child.wait(lambda: child.first("done") or more(), lambda: started()["at"] + end_limit(child)) and \
-            child.proc.poll() is None:
+    finished = child.wait("done", lambda: first["at"] + end_limit(child))
+    if child.trainings() > 1:
         child.stop()
-        epochs = [e for e in child.events if e["event"] == "epoch"]
-        where = (f"{len(epochs)} epochs done, {epochs[-1]['images']} images at {epochs[-1]['rate']:.1f} images/s"
-                 if epochs else "no epoch done")
-        raise HarnessError(f"the run overran: prepare.finish() not reached {time.time() - started()['at']:.0f} s "
-                           f"after the first step, past the limit of {end_limit(child):.0f} s ({end_limit(child, True)}"
-                           f"), {where}; stopped. A slow machine: lower IMGSZ, BATCH or the model's size; if "
-                           "training had stopped advancing, the end of the log shows what hung")
-    if more():
+        raise HarnessError("train.py started a second training: one model.train(...) per run, one budget "
+                           "of training; put everything in one call")
+    if not finished and child.running():
         child.stop()
-        raise HarnessError("train.py started a second training: one model.train(...) per run, one budget of "
-                           "training; put everything in one call")
-    done = child.first("done")
-    if done:
-        print(f"supervisor: train.py's own code ran {train_py():.1f} s before model.train(...) (limit "
-              f"{TRAIN_PY_LIMIT} s); {done['at'] - started()['at']:.1f} s from the first step to prepare.finish() "
-              f"(limit {end_limit(child):.0f} s)")
-    if done and not child.wait(lambda: child.proc.poll() is not None, done["at"] + EXIT_GRACE):
-        child.stop()
-        raise HarnessError(f"train.py did not exit {EXIT_GRACE} s after prepare.finish() (a thread or process "
-                           "left running?); stopped")
+        raise HarnessError(f"the run overran: prepare.finish() not reached {time.time() - first['at']:.0f} s "
+                           f"after the first step, past the limit of {end_limit(child):.0f} s "
+                           f"({end_limit(child, True)}), {child.progress()}; stopped. A slow machine: lower "
+                           "IMGSZ, BATCH or the model's size; if training had stopped advancing, the end of "
+                           "the log shows what hung")
+    if done := child.first("done"):
+        print(f"supervisor: train.py's own code ran {child.train_py_seconds():.1f} s before model.train(...)"
+              f" (limit {TRAIN_PY_LIMIT} s); {done['at'] - first['at']:.1f} s from the first step to "
+              f"prepare.finish() (limit {end_limit(child):.0f} s)")
+        if not child.wait("exit", done["at"] + EXIT_GRACE):
+            child.stop()
+            raise HarnessError(f"train.py did not exit {EXIT_GRACE} s after prepare.finish() (a thread or "
+                               "process left running?); stopped")
     return done
 
 
 def end_limit(child, parts=False):
     """The most seconds from the first step to prepare.finish(); parts: the sum in words."""
-    val = child.first("train_start").get("val")
-    last_val = max(child.validation_seconds(), default=FIRST_VAL_ALLOWANCE) if val else 0.0
-    ddp_start = SETUP_LIMIT if child.first("train_start").get("ddp") else 0
-    limit = TIME_BUDGET + child.slowest_step() + END_ALLOWANCE + last_val + ddp_start
+    first = child.first("train_start")
+    last_val = max(child.validation_seconds(), default=FIRST_VAL_ALLOWANCE) if first.get("val") else 0.0
+    ddp_start = SETUP_LIMIT if first.get("ddp") else 0
     if not parts:
-        return limit
-    return (f"the time budget {TIME_BUDGET:g} s, the longest step {child.slowest_step():.1f} s, {END_ALLOWANCE} s "
-            "for the checkpoint" + (f", {last_val:.0f} s for the last validation" if val else "") +
+        return TIME_BUDGET + child.slowest_step() + END_ALLOWANCE + last_val + ddp_start
+    step = f"the longest step {child.slowest_step():.1f} s" if child.slowest_step() else "no step done"
+    return (f"the time budget {TIME_BUDGET:g} s, {step}, {END_ALLOWANCE} s for the checkpoint" +
+            (f", {last_val:.0f} s for the last validation" if last_val else "") +
             (f", {ddp_start} s for the DDP workers' start" if ddp_start else ""))
 
 
 def validate_best(done, yaml_path, stats):
-    """The metric: Ultralytics' validator on the child's run/weights/best.pt, with Ultralytics' default settings
-    (no setting of the child's but the image size it trained at) on the fixed val split. Checks first that
-    best.pt is this run's, trained on this run's data.yaml from weights this harness did not train. Returns
-    (metrics, seconds, peak GPU memory in MB)."""
+    """The metric: Ultralytics' validator on the child's run/weights/best.pt, with Ultralytics' default
+    settings (no setting of the child's but the image size it trained at) on the fixed val split. Checks
+    first that best.pt is the one the child finished with, trained on run.data from weights this harness
+    did not train. Returns (metrics, seconds, peak GPU memory in MB)."""
     best = RUN_DIR / "weights" / "best.pt"
     if not best.is_file() or best.stat().st_mtime < T0:
         raise HarnessError(f"no {best} from this run: the child finished without saving its weights")
@@ -238,52 +219,38 @@ def validate_best(done, yaml_path, stats):
     start = str(args.get("model") or "")
     if start.endswith(".pt") and Path(start).is_file() and \
             (why := trained_here(trained_on(start), yaml_path) or validated_here(start)):
-        raise HarnessError(f"training started from {start}, which this harness trained ({why}); weights from "
-                           "earlier runs are refused: use released weights or a .yaml")
+        raise HarnessError(f"training started from {start}, which this harness trained ({why}); weights "
+                           "from earlier runs are refused: use released weights or a .yaml")
     if weights_digest(best) != done["best_digest"]:
-        raise HarnessError(f"{best} changed after prepare.finish(): the metric is of the weights training ended "
-                           "with; train.py must not write there")
+        raise HarnessError(f"{best} changed after prepare.finish(): the metric is of the weights training "
+                           "ended with; train.py must not write there")
     device = done["device"][0] if isinstance(done["device"], list) else done["device"]
-    data = write_run_yaml(stats, CACHE_DIR / "val" / f"{os.getpid()}.yaml")  # the supervisor's own copy
+    data = dataset.write_run_yaml(stats, CACHE_DIR / "val" / f"{os.getpid()}.yaml")  # the supervisor's copy
     t = time.time()
     metrics = validation.validate(str(best), data=str(data), split="val", device=device, single_cls=False,
                                   plots=False, project=str(RUN_DIR), name="val", exist_ok=True)
     data.unlink()
-    record_validated([best, best.with_name("last.pt")])  # as MODEL, refused from now on, whatever their metadata
+    record_validated([best, best.with_name("last.pt")])  # refused as MODEL from now on, whatever their labels
     return metrics.results_dict, time.time() - t, peak_vram_mb(device)
 
 
 def print_summary(done, child, m, val_seconds, val_peak, yaml_path, kind):
-    """The summary: the last lines of the log. Returns 0, the exit code."""
+    """The summary, in SUMMARY_KEYS' order: the last lines of the log. Returns 0, the exit code."""
     fitness = float(m[FITNESS_KEY])
     if not math.isfinite(fitness):
-        raise HarnessError(f"{FITNESS_KEY} is {fitness}: the training diverged; lower LR0, or try AMP = False")
+        raise HarnessError(f"{FITNESS_KEY} is {fitness}: the training diverged; lower LR0, or try "
+                           "AMP = False")
     # the child's clock, never longer than the supervisor's from the first step to prepare.finish()
     training_seconds = min(done["training_seconds"], done["at"] - child.first("train_start")["at"])
-    summary = {
-        "fitness_key": FITNESS_KEY,
-        "fitness": f"{fitness:.6f}",
-        "training_seconds": f"{training_seconds:.1f}",
-        "total_seconds": f"{time.time() - T0:.1f}",
-        "peak_vram_mb": f"{max(done['peak_vram_mb'], val_peak):.1f}",
-        "precision": f"{float(m['metrics/precision(B)']):.6f}",
-        "recall": f"{float(m['metrics/recall(B)']):.6f}",
-        "map50": f"{float(m['metrics/mAP50(B)']):.6f}",
-        "map50_95": f"{fitness:.6f}",
-        "epoch": done["epoch"] + 1,
-        "batch": done["batch"],
-        "val_seconds": f"{val_seconds:.1f}",
-        "time_budget_s": f"{TIME_BUDGET:g}",
-        "train_images_per_s": f"{done['trained_images'] / max(training_seconds, 1e-9):.1f}",
-        "data": kind,
-        "dataset": str(yaml_path),
-        "weights": done["weights"],
-        "device": done["device_name"],
-        "run_dir": str(RUN_DIR),
-    }
-    print("---")
-    for k, v in summary.items():
-        print(f"{k}: {v}")
+    values = (FITNESS_KEY, f"{fitness:.6f}", f"{training_seconds:.1f}", f"{time.time() - T0:.1f}",
+              f"{max(done['peak_vram_mb'], val_peak):.1f}", f"{float(m['metrics/precision(B)']):.6f}",
+              f"{float(m['metrics/recall(B)']):.6f}", f"{float(m['metrics/mAP50(B)']):.6f}", f"{fitness:.6f}",
+              done["epoch"] + 1, done["batch"], f"{val_seconds:.1f}", f"{TIME_BUDGET:g}",
+              f"{done['trained_images'] / max(training_seconds, 1e-9):.1f}", kind, str(yaml_path),
+              done["weights"], done["device_name"], str(RUN_DIR))
+    supervisor.say("---")
+    for key, value in zip(SUMMARY_KEYS, values, strict=True):
+        supervisor.say(f"{key}: {value}")
     return 0
 
 # ---------------------------------------------------------------------------
@@ -294,12 +261,12 @@ def print_summary(done, child, m, val_seconds, val_peak, yaml_path, kind):
 @dataclass
 class Run:
     """What train.py needs from the harness."""
-    data: str                  # the dataset YAML training uses: the checked dataset, resolved, in the run folder
-    splits: dict               # train and val image folders: the guard checks training used these
-    device: object             # a GPU index, [0, 1, ...] (DDP) or "cpu", as Ultralytics takes it
+    data: str           # the dataset YAML training uses: the checked dataset, resolved, in the run folder
+    splits: dict        # train and val image folders: the guard checks training used these
+    device: object      # a GPU index, [0, 1, ...] (DDP) or "cpu", as Ultralytics takes it
     device_name: str
-    weights: str               # what YOLO() loads
-    weights_note: str          # how the summary describes it
+    weights: str        # what YOLO() loads
+    weights_note: str   # how the summary describes it
     project: str = str(RUN_DIR.parent)
     name: str = RUN_DIR.name
 
@@ -309,8 +276,8 @@ _RUN = None
 
 def start(model, device=None, gpu_data=True):
     """Check device and weights before any GPU time is spent; returns the Run for train.py's call.
-    device: train.py's DEVICE (None: GPU 0, else the CPU; 1: GPU 1; [0, 1]: one run over both). gpu_data: train
-    from images decoded once and augmented on the GPU (else Ultralytics' CPU workers)."""
+    device: train.py's DEVICE (None: GPU 0, else the CPU; 1: GPU 1; [0, 1]: one run over both).
+    gpu_data: train from images decoded once and augmented on the GPU (else Ultralytics' CPU workers)."""
     global _RUN
     if DATASET_ENV not in os.environ:
         raise HarnessError("prepare.start() runs in train.py's child: run `uv run train.py`")
@@ -319,9 +286,9 @@ def start(model, device=None, gpu_data=True):
     device, device_name = pick_device(request)  # first: a bad DEVICE fails before anything is written
     os.environ[GPU_DATA_ENV] = "1" if gpu_data else "0"  # an environment variable reaches DDP workers too
     checked = json.loads(os.environ[DATASET_ENV])
-    stats = {k: (Path(v[0]), v[1], v[2]) if k in ("train", "val", "test") else v for k, v in checked["stats"].items()}
+    stats = dataset.stats_from_json(checked["stats"])
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    data = write_run_yaml(stats, RUN_DIR / "data.yaml")
+    data = dataset.write_run_yaml(stats, RUN_DIR / "data.yaml")
     runtime.configure_ultralytics()
     supervisor.watch_trainings()
     if device == "cpu" and request is None:
@@ -329,33 +296,34 @@ def start(model, device=None, gpu_data=True):
                "metrics are not comparable with GPU runs.")
     weights, weights_note = resolve_weights(model, checked["yaml"])
     print(f"time budget: {TIME_BUDGET:g} s | device: {device_name} | weights: {weights_note}")
-    _RUN = Run(str(data), {s: str(stats[s][0]) for s in ("train", "val")}, device, device_name, weights,
+    _RUN = Run(str(data), {s: str(stats[s].folder) for s in ("train", "val")}, device, device_name, weights,
                weights_note)
     supervisor.report("started")
     return _RUN
 
 
 def check_knobs(args):
-    """Refuse knobs that write where they must not, that the GPU pipeline would ignore or that cannot run at speed in
-    a 5-minute budget: at start-up, not never."""
+    """Refuse knobs that write where they must not, that the GPU pipeline would ignore or that cannot run at
+    speed in a 5-minute budget: at start-up, not never."""
     if args.cache == "disk":
         raise HarnessError("cache='disk' writes .npy files into the dataset's folders; use cache='ram' "
                            "(with GPU_DATA = False) or leave cache off")
     if args.multi_scale:  # with either data pipeline
-        raise HarnessError(f"multi_scale={args.multi_scale!r} trains each batch at a new image size, and every new "
-                           "size costs seconds of cuDNN set-up inside the budget (19 img/s on an H200 against "
-                           "1,600); leave it at 0.0 and try another fixed IMGSZ instead")
+        raise HarnessError(f"multi_scale={args.multi_scale!r} trains each batch at a new image size, and "
+                           "every new size costs seconds of cuDNN set-up inside the budget (19 img/s on an "
+                           "H200 against 1,600); leave it at 0.0 and try another fixed IMGSZ instead")
     if os.environ.get(GPU_DATA_ENV) != "1":
         return
     bad = [f"{k}={getattr(args, k)!r}" for k, ok in GPU_UNSUPPORTED.items() if getattr(args, k) != ok]
     if bad:
-        raise HarnessError(f"{', '.join(bad)} is not supported by the GPU data pipeline; set GPU_DATA = False "
-                           "in train.py to use Ultralytics' CPU dataloader for it")
+        raise HarnessError(f"{', '.join(bad)} is not supported by the GPU data pipeline; set "
+                           "GPU_DATA = False in train.py to use Ultralytics' CPU dataloader for it")
     if args.cache:
-        warn(f"cache={args.cache!r} has no effect with GPU_DATA = True: the training images are decoded once anyway")
+        common.warn(f"cache={args.cache!r} has no effect with GPU_DATA = True: the training images are "
+                    "decoded once anyway")
 
 # ---------------------------------------------------------------------------
-# Training: Ultralytics' trainer with the harness's clock, image count, NaN stop and checkpoint policy
+# Training: Ultralytics' trainer with the harness's clock, NaN stop and checkpoint policy
 # ---------------------------------------------------------------------------
 
 
@@ -375,35 +343,21 @@ def _trainer_class():
 
     from harness.gpu_data import TrainingData
 
-    class Trainer(TrainingData, DetectionTrainer):
-        """Ultralytics' detection trainer with the harness inside: it writes into the run folder only, its clock
-        stops at the last optimizer step, every batch counts its images, a NaN loss ends the run at once, the last
-        epoch is not validated (the supervisor validates best.pt), and checkpoints are written only when they can
-        matter. Under DDP each worker process rebuilds this class by importing prepare and hands its clock, count
-        and memory to the child (harness/ddp.py)."""
-        trained_images = 0         # images trained on (the DDP parent: every rank's)
+    class Trainer(ddp.DDPTraining, TrainingData, DetectionTrainer):
+        """Ultralytics' detection trainer with the harness's policy: it writes into the run folder only, its
+        clock stops at the last optimizer step, a NaN loss ends the run at once, the last epoch is not
+        validated (the supervisor validates best.pt), and checkpoints are written only when they can matter.
+        The mixins: the image count and DDP (harness/ddp.py), the data pipeline and memory plan
+        (harness/gpu_data.py)."""
         training_seconds = 0.0     # the trainer's clock at its end (DDP: rank 0's)
 
         def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
             supervisor.report("trainer")  # train.py's own code outside the clock ends here (TRAIN_PY_LIMIT)
             # whatever name, project or exist_ok train.py passes: the one run folder
-            overrides = {**(overrides or {}), "project": str(RUN_DIR.parent), "name": RUN_DIR.name, "exist_ok": True}
+            overrides = {**(overrides or {}), "project": str(RUN_DIR.parent), "name": RUN_DIR.name,
+                         "exist_ok": True}
             super().__init__(cfg, overrides, _callbacks)
             check_knobs(self.args)
-
-        def train(self):
-            if not self.ddp:
-                return super().train()
-            supervisor.report("train_start", ddp=True, val=self.args.val)  # the workers' start: on top of the budget
-            ddp.train_ddp(self)
-
-        def preprocess_batch(self, batch):
-            self.trained_images += len(batch["img"])
-            return super().preprocess_batch(batch)
-
-        def _get_warmup_iterations(self, num_batches):
-            ddp.share_epochs(self)  # right after Ultralytics re-estimates them from this rank's own clock
-            return super()._get_warmup_iterations(num_batches)
 
         def optimizer_step(self):
             super().optimizer_step()
@@ -428,11 +382,6 @@ def _trainer_class():
                 return super().save_model()
             return False
 
-        def final_eval(self):
-            rank = ddp.ddp_rank()
-            if rank >= 0:  # a DDP worker: hand the child its clock, images and memory
-                ddp.write_handoff(rank, ddp.worker_report(self, rank))
-
     Trainer.__module__, Trainer.__qualname__ = __name__, "Trainer"  # pickled by reference under DDP
     return Trainer
 
@@ -442,8 +391,9 @@ def _trainer_class():
 
 
 def guard(trainer, run):
-    """The guard on train.py's call: training on run.data (its splits unchanged) for the fixed budget, and the
-    evaluation settings, which choose best.pt with VAL = True, at Ultralytics' defaults."""
+    """The guard on train.py's call: training on run.data's train split (its splits unchanged) for the
+    supervisor's budget, and the evaluation settings, which choose best.pt with VAL = True, at Ultralytics'
+    defaults."""
     from ultralytics.cfg import DEFAULT_CFG_DICT
     from ultralytics.data.utils import get_split_fraction
     args = trainer.args
@@ -452,14 +402,14 @@ def guard(trainer, run):
         changed.append(f"data={args.data} (must be run.data)")
     elif any(trainer.data.get(split) != folder for split, folder in run.splits.items()):
         changed.append(f"the dataset YAML {run.data} (its splits were rewritten)")
-    budget = float(os.environ[supervisor.BUDGET_ENV])  # the supervisor's, which a patched TIME_BUDGET leaves alone
+    budget = float(os.environ[supervisor.BUDGET_ENV])  # the supervisor's: a patched TIME_BUDGET is not it
     if not args.time or abs(args.time * 3600 - budget) > 1e-6:
         changed.append(f"time={args.time} (must be TIME_BUDGET / 3600 = {budget / 3600:g})")
     train = Path(run.splits["train"]).resolve()
     outside = [f for f in trainer.train_files if not Path(f).resolve().is_relative_to(train)]
     if outside or not trainer.train_files:
-        changed.append(f"the training images ({len(outside)} of {len(trainer.train_files)} read from outside the "
-                       f"train split {train}{f', e.g. {outside[0]}' if outside else ''})")
+        changed.append(f"the training images ({len(outside)} of {len(trainer.train_files)} read from "
+                       f"outside the train split {train}{f', e.g. {outside[0]}' if outside else ''})")
     changed += [f"{k}={getattr(args, k)!r} (default {DEFAULT_CFG_DICT[k]!r})"
                 for k in EVAL_ARGS if getattr(args, k) != DEFAULT_CFG_DICT[k]]
     if get_split_fraction(args.fraction, "val") != 1.0:
@@ -472,17 +422,20 @@ def finish(model):
     """Guard train.py's call, then hand the supervisor what the summary needs. Returns that report."""
     run, trainer = _RUN, getattr(model, "trainer", None)
     if run is None or trainer is None:
-        raise HarnessError("train.py must call prepare.start() and then model.train() before prepare.finish()")
+        raise HarnessError("train.py must call prepare.start() and then model.train() before "
+                           "prepare.finish()")
     if not isinstance(trainer, _trainer_class()):
         raise HarnessError("train.py must pass trainer=prepare.Trainer to model.train(): it carries the "
                            "harness's clock and checks; put it back")
-    guard(ddp.worker_view(trainer.ddp_reports[0]) if trainer.ddp else trainer, run)  # DDP: what rank 0 trained
+    guard(ddp.worker_view(trainer.ddp_reports[0]) if trainer.ddp else trainer, run)  # DDP: rank 0's
     done = {"training_seconds": trainer.training_seconds, "trained_images": trainer.trained_images,
-            "epoch": trainer.epoch, "batch": trainer.batch_size, "peak_vram_mb": ddp.run_peak_vram_mb(run, trainer),
-            "device": run.device, "device_name": run.device_name, "weights": run.weights_note,
+            "epoch": trainer.epoch, "batch": trainer.batch_size,
+            "peak_vram_mb": ddp.run_peak_vram_mb(run, trainer), "device": run.device,
+            "device_name": run.device_name, "weights": run.weights_note,
             "best_digest": weights_digest(trainer.best)}
     supervisor.report("done", **done)
     return done
+
 
 if __name__ == "__main__":  # the commands in the docstring above
     from harness.cli import main

@@ -17,11 +17,11 @@ from ultralytics import YOLO
 # Knobs
 # ---------------------------------------------------------------------------
 
-MODEL = "yolo11n.pt"     # .pt: pretrained (from weights/), .yaml: from scratch (yolo11s.yaml, yolo26n.yaml, ...)
+MODEL = "yolo11n.pt"     # .pt: pretrained (weights/), .yaml: from scratch (yolo11s.yaml, yolo26n.yaml, ...)
 IMGSZ = 640              # training and validation image size
 BATCH = 128              # images per batch
 NBS = 128                # nominal batch: gradients accumulate over round(NBS / BATCH) batches
-OPTIMIZER = "SGD"        # SGD, MuSGD, Adam, AdamW, NAdam, RAdam, RMSProp ('auto' decides from epochs, not time)
+OPTIMIZER = "SGD"        # SGD, MuSGD, Adam, AdamW, NAdam, RAdam, RMSProp ('auto' decides by epochs, not time)
 LR0 = 0.01               # initial learning rate
 LRF = 0.01               # final learning rate as a fraction of LR0
 MOMENTUM = 0.937         # SGD momentum / Adam beta1
@@ -39,7 +39,7 @@ FLIPLR = 0.5
 FLIPUD = 0.0
 FREEZE = None            # freeze the first N layers (transfer learning)
 AMP = True               # mixed precision on GPU
-GPU_DATA = True          # decode the training images once, keep them on the GPU and augment there (prepare.py)
+GPU_DATA = True          # decode training images once, keep them on the GPU and augment there (prepare.py)
 WORKERS = 8              # with GPU_DATA = False: Ultralytics' CPU dataloader processes (0 on CPU)
 CACHE = False            # with GPU_DATA = False: 'ram' or 'disk' caches decoded images
 VAL = False              # validate every epoch (True) or only the last one, which gives the metric (False)
@@ -51,7 +51,8 @@ DEVICE = None            # None: GPU 0 (else the CPU); 1: GPU 1; [0, 1]: one run
 # Train (the budget, data, device and run folder are fixed by prepare.py; the guard checks them)
 # ---------------------------------------------------------------------------
 
-run = prepare.start(MODEL, device=DEVICE, gpu_data=GPU_DATA)  # checks dataset, device and weights before any GPU time
+# checks dataset, device and weights before any GPU time
+run = prepare.start(MODEL, device=DEVICE, gpu_data=GPU_DATA)
 model = YOLO(run.weights)
 model.train(
     trainer=prepare.Trainer, data=run.data, time=TIME_BUDGET / 3600, device=run.device,

@@ -1,5 +1,5 @@
-"""prepare.py's commands (its docstring lists them): check the dataset, generate the stand-in, fetch weights, plot
-the night's progress."""
+"""prepare.py's commands (its docstring lists them): check the dataset, generate the stand-in, fetch weights,
+plot the night's progress."""
 
 import argparse
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -20,7 +21,7 @@ MAX_BAD_SHARE = 0.01  # above this share of broken files in a split the run refu
 IMG_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 def find_dataset():
-    """(data.yaml, kind): YOLO_DATA, else ships-aerial-images/, else the synthetic stand-in."""
+    """(data.yaml, kind): YOLO_DATA, else ships-aerial-images/, else the stand-in (announced in a banner)."""
     if env := os.environ.get("YOLO_DATA"):
         path = Path(env).expanduser().resolve()
         if not path.is_file():
@@ -32,6 +33,8 @@ def find_dataset():
     if (folder / "train" / "images").is_dir():
         raise HarnessError(f"{folder}: has train/images but no data.yaml; copy the data.yaml from "
                            "Kaggle's zip there (see ships-aerial-images/README.md)")
+    common.banner(f"no dataset in {folder}/ and no YOLO_DATA: training on the SYNTHETIC stand-in (data: "
+                  "synthetic). Put Kaggle's ships-aerial-images there for real results.")
     return synthetic_dataset(), "synthetic"
 
 
@@ -74,7 +77,8 @@ def resolve_split(yaml_path, data, key):
     that exists under the YAML's folder wins."""
     value = data.get(key)
     if not value or not isinstance(value, str):
-        raise HarnessError(f"{yaml_path}: no '{key}:' entry; add '{key}: {key}/images' (the split's image folder)")
+        raise HarnessError(f"{yaml_path}: no '{key}:' entry; add '{key}: {key}/images' "
+                           "(the split's image folder)")
     root = yaml_path.parent
     base = Path(data["path"]) if isinstance(data.get("path"), str) else root
     base = base if base.is_absolute() else root / base
@@ -90,14 +94,17 @@ def resolve_split(yaml_path, data, key):
 
 
 def split_files(img_dir):
-    """Image paths of a split, and the label path of each (Ultralytics: last /images/ -> /labels/)."""
+    """Image paths of a split, and the label path of each (label_path)."""
     images = sorted(Path(d) / f for d, _, fs in os.walk(img_dir) for f in fs
                     if Path(f).suffix.lower() in IMG_SUFFIXES)
-    labels = []
-    for im in images:
-        head, sep, tail = str(im).rpartition(f"{os.sep}images{os.sep}")
-        labels.append(Path(head + f"{os.sep}labels{os.sep}" + tail).with_suffix(".txt") if sep else None)
-    return images, labels
+    return images, [label_path(im) for im in images]
+
+
+def label_path(image):
+    """Where Ultralytics looks for an image's labels: the last /images/ of its path becomes /labels/, the
+    suffix .txt. None where the path has no /images/."""
+    head, sep, tail = str(image).rpartition(f"{os.sep}images{os.sep}")
+    return Path(head + f"{os.sep}labels{os.sep}" + tail).with_suffix(".txt") if sep else None
 
 
 def check_label_file(path, nc):
@@ -147,7 +154,8 @@ def check_image_file(path):
             elif kind != "JPEG":
                 im.load()
     except Exception as e:  # PIL raises many types for damaged files
-        # Ultralytics' patched Image.open tries pi_heif after PIL gives up, and raises that import's error instead
+        # Ultralytics' patched Image.open tries pi_heif after PIL gives up, and raises that import's
+        # error instead
         if UnidentifiedImageError in (type(e), type(e.__context__)):
             return f"{path}: not an image (no image format recognizes its bytes)"
         return f"{path}: damaged {kind} image, it does not decode ({type(e).__name__})"
@@ -162,8 +170,9 @@ def check_image_file(path):
 
 
 def label_folder(img_dir):
-    """The labels folder that goes with a split's images folder (images -> labels)."""
-    return Path(str(img_dir).replace(f"{os.sep}images", f"{os.sep}labels"))
+    """The labels folder that goes with a split's images folder, by label_path's rule (itself without one)."""
+    labels = label_path(Path(img_dir) / "_")
+    return labels.parent if labels else Path(img_dir)
 
 
 def _fingerprint(yaml_path, split_dirs):
@@ -178,9 +187,22 @@ def _fingerprint(yaml_path, split_dirs):
     return h.hexdigest()
 
 
+class Split(NamedTuple):
+    """One split of a checked dataset."""
+    folder: Path  # its images folder
+    images: int
+    boxes: int
+
+
+def stats_from_json(stats):
+    """check_dataset's result again after a round trip through JSON (the supervisor hands it to the child)."""
+    return {k: Split(Path(v[0]), v[1], v[2]) if k in ("train", "val", "test") else v
+            for k, v in stats.items()}
+
+
 def check_dataset(yaml_path):
-    """Check a dataset before training. Returns {"train"/"val"/"test": (folder, images, boxes), "nc": n,
-    "names": [...]}; raises HarnessError naming the file (and line) and the fix on anything broken.
+    """Check a dataset before training. Returns {"train"/"val"/"test": Split, "nc": n, "names": [...]};
+    raises HarnessError naming the file (and line) and the fix on anything broken.
     Unchanged datasets are not re-read: a fingerprint of the file list is cached."""
     data = read_yaml(yaml_path)
     names = data.get("names")
@@ -203,14 +225,15 @@ def check_dataset(yaml_path):
         cached = json.loads(memo.read_text())
         for w in cached.pop("warnings"):
             warn(w)
-        return {**stats, **{k: (Path(v[0]), v[1], v[2]) for k, v in cached.items()}}
+        return {**stats, **stats_from_json(cached)}
     warnings = []
     for split, folder in splits.items():
         images, labels = split_files(folder)
         if not images:
             raise HarnessError(f"{folder}: no images in the {split} split; put the split's images there")
         if labels[0] is None or not labels[0].parent.is_dir():
-            raise HarnessError(f"{folder}: no labels folder for the {split} split; expected {label_folder(folder)}")
+            raise HarnessError(f"{folder}: no labels folder for the {split} split; "
+                               f"expected {label_folder(folder)}")
         boxes, problems = 0, []
         for im, lb in zip(images, labels):
             n, problem = check_label_file(lb, nc)
@@ -226,24 +249,26 @@ def check_dataset(yaml_path):
                             f"goes on (Ultralytics skips what it cannot read); first: {problems[0]}")
             warn(warnings[-1])
         if split == "train" and not boxes:
-            raise HarnessError(f"{folder}: the train split's {len(images)} images have no boxes (its label files are "
-                               f"empty or missing); put the labels in {label_folder(folder)}")
-        stats[split] = (folder, len(images), boxes)
-    write_atomic(memo, json.dumps({"warnings": warnings,
-                                  **{k: (str(v[0]), v[1], v[2]) for k, v in stats.items() if k in splits}}).encode())
+            raise HarnessError(f"{folder}: the train split's {len(images)} images have no boxes "
+                               "(its label files are empty or missing); "
+                               f"put the labels in {label_folder(folder)}")
+        stats[split] = Split(folder, len(images), boxes)
+    checked = {"warnings": warnings, **{k: stats[k] for k in splits}}
+    write_atomic(memo, json.dumps(checked, default=str).encode())
     return stats
 
 
 def dataset_line(yaml_path, kind, stats):
-    splits = " | ".join(f"{s} {stats[s][1]} images {stats[s][2]} boxes" for s in ("train", "val", "test") if s in stats)
+    splits = " | ".join(f"{s} {stats[s].images} images {stats[s].boxes} boxes"
+                        for s in ("train", "val", "test") if s in stats)
     return f"dataset: {kind} {yaml_path} | {splits}"
 
 
 def write_run_yaml(stats, path=None):
     """The YAML training uses (by default run/data.yaml): absolute split folders, so paths from other machines
     just work. Returns its path."""
-    data = {"path": str(Path(stats["train"][0]).parent.parent), "nc": stats["nc"], "names": stats["names"]}
-    data.update({s: str(stats[s][0]) for s in ("train", "val", "test") if s in stats})
+    data = {"path": str(stats["train"].folder.parent.parent), "nc": stats["nc"], "names": stats["names"]}
+    data.update({s: str(stats[s].folder) for s in ("train", "val", "test") if s in stats})
     path = path or common.RUN_DIR / "data.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -251,10 +276,11 @@ def write_run_yaml(stats, path=None):
 
 
 def content_fingerprint(yaml_path, split_dirs):
-    """{file: sha1 of its bytes} for the YAML and every image and label file of the splits. A file whose size and
-    mtime are those of the last call keeps its cached digest, so an unchanged dataset costs one walk of stats.
-    Also returns the state of the last call ({} on the first), for what changed since."""
-    memo = common.CACHE_DIR / "content" / (hashlib.sha1(str(yaml_path.resolve()).encode()).hexdigest() + ".json")
+    """{file: sha1 of its bytes} for the YAML and every image and label file of the splits. A file whose size
+    and mtime are those of the last call keeps its cached digest, so an unchanged dataset costs one walk of
+    stats. Also returns the state of the last call ({} on the first), for what changed since."""
+    memo = common.CACHE_DIR / "content" / (hashlib.sha1(str(yaml_path.resolve()).encode()).hexdigest()
+                                           + ".json")
     last = json.loads(memo.read_text()) if memo.is_file() else {}
     now = {}
     files = [str(yaml_path)] + [os.path.join(dirpath, f) for d in split_dirs for top in (d, label_folder(d))

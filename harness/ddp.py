@@ -1,16 +1,15 @@
 """Several GPUs (DEVICE = [0, 1] in train.py): Ultralytics' DDP workers and what they hand back.
 
 train.py's child (the DDP parent) starts one worker process per GPU through torch.distributed.run. Ultralytics
-pickles prepare.Trainer by reference, so each worker imports prepare (offline settings, Ultralytics patches, the
-GPU data pipeline, NaN stop, excepthook) and trains on its share of every batch. The parent gets nothing back from
-Ultralytics but the checkpoints, so where a one-GPU run would end, each worker writes a small report
-(write_handoff) and exits; the parent hands the supervisor the run's clock, images and memory, and the supervisor
-validates best.pt as it does for one GPU.
+pickles prepare.Trainer by reference, so each worker imports prepare (offline settings, Ultralytics patches,
+the GPU data pipeline, NaN stop, excepthook) and trains on its share of every batch. The parent gets nothing
+back from Ultralytics but the checkpoints, so where a one-GPU run would end, each worker writes a small report
+(write_handoff) and exits; the parent hands the supervisor the run's clock, images and memory, and the
+supervisor validates best.pt as it does for one GPU.
 """
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -57,18 +56,41 @@ def worker_report(trainer, rank):
 def worker_view(report):
     """Rank 0's trainer as guard() sees it: the settings it trained and validated with, and its metrics."""
     from types import SimpleNamespace
-    return SimpleNamespace(args=SimpleNamespace(**report["args"]), data=report["splits"], metrics=report["metrics"],
-                           train_files=report["train_files"])
+    return SimpleNamespace(args=SimpleNamespace(**report["args"]), data=report["splits"],
+                           metrics=report["metrics"], train_files=report["train_files"])
 
 
-def share_epochs(trainer):
-    """Every DDP rank takes rank 0's estimate of how many epochs fit the budget, as it takes rank 0's stop: ranks
-    that disagree validate after different epochs and deadlock (and follow different LR schedules)."""
-    if trainer.world_size > 1 and ddp_rank() >= 0:
-        import torch.distributed as dist
-        epochs = [trainer.epochs]
-        dist.broadcast_object_list(epochs, 0)
-        trainer.epochs = trainer.args.epochs = epochs[0]
+class DDPTraining:
+    """prepare.Trainer's mixin for several GPUs: each batch counts its images, the DDP launch is the harness's
+    (train_ddp), the ranks agree on the epochs, and each worker hands the child its clock, count and memory.
+    Under DDP each worker process rebuilds prepare.Trainer by importing prepare."""
+    trained_images = 0  # images trained on (the DDP parent: every rank's)
+
+    def train(self):
+        if not self.ddp:
+            return super().train()
+        # the workers' start: on top of the budget
+        supervisor.report("train_start", ddp=True, val=self.args.val)
+        train_ddp(self)
+
+    def preprocess_batch(self, batch):
+        self.trained_images += len(batch["img"])
+        return super().preprocess_batch(batch)
+
+    def _get_warmup_iterations(self, num_batches):
+        # Right after Ultralytics re-estimates, from this rank's own clock, how many epochs fit the budget.
+        # Ranks that disagree validate after different epochs and deadlock: every rank takes rank 0's, as its
+        # stop.
+        if self.world_size > 1 and ddp_rank() >= 0:
+            import torch.distributed as dist
+            epochs = [self.epochs]
+            dist.broadcast_object_list(epochs, 0)
+            self.epochs = self.args.epochs = epochs[0]
+        return super()._get_warmup_iterations(num_batches)
+
+    def final_eval(self):
+        if ddp_rank() >= 0:  # a DDP worker: hand the child its clock, images and memory
+            write_handoff(ddp_rank(), worker_report(self, ddp_rank()))
 
 
 def ddp_failure(reports, code, world_size):
@@ -101,7 +123,8 @@ def train_ddp(trainer):
         warn("rect=True does not work over several GPUs: training with rect=False")
         trainer.args.rect = False
     gpus = [int(i) for i in trainer.args.device.split(",")] if trainer.device.type == "cuda" else []
-    held = {i: process_gpu_mb(i) or 0.0 for i in gpus}  # what this process holds on each GPU while the workers run
+    # what this process holds on each GPU while the workers run
+    held = {i: process_gpu_mb(i) or 0.0 for i in gpus}
     file = generate_ddp_file(trainer)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
            "--master_port", str(find_free_network_port()), file]
@@ -123,31 +146,14 @@ def train_ddp(trainer):
 
 def run_group(cmd):
     """Run a command in a process group of its own and wait for it. Whatever ends the wait early (SIGTERM,
-    Ctrl-C, an error) stops the whole group, so no DDP worker keeps a GPU after the run. Returns the exit code."""
+    Ctrl-C, an error) stops the whole group, so no DDP worker keeps a GPU after the run. Returns the exit
+    code."""
     proc = subprocess.Popen(cmd, start_new_session=True)
     supervisor.report("process_group", pgid=proc.pid)  # a supervisor that kills this process stops them too
     try:
         return proc.wait()
     finally:
-        stop_group(proc)
-
-
-def stop_group(proc, grace=supervisor.DDP_STOP_GRACE):
-    """SIGTERM to the group (workers end through their `error: interrupted` path), then SIGKILL to whatever
-    is left of it after `grace` seconds. Nothing to do when the group has already exited."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
+        supervisor.stop(proc, supervisor.DDP_STOP_GRACE, [proc.pid])  # workers end as interrupted
 
 
 def ddp_peak_vram_mb(reports, held_mb, parent_gpu, parent_peak_mb):
@@ -166,6 +172,7 @@ def run_peak_vram_mb(run, trainer):
         return peak_vram_mb(run.device)
     gpu = trainer.device.index
     per_gpu = ddp_peak_vram_mb(trainer.ddp_reports, trainer.ddp_held_mb, gpu, peak_vram_mb(gpu))
-    print("DDP: peak GPU memory (MB) per GPU: " + ", ".join(f"{g}: {mb:.1f}" for g, mb in sorted(per_gpu.items()))
+    print("DDP: peak GPU memory (MB) per GPU: "
+          + ", ".join(f"{g}: {mb:.1f}" for g, mb in sorted(per_gpu.items()))
           + "; peak_vram_mb is the largest")
     return max(per_gpu.values())

@@ -8,12 +8,14 @@ from pathlib import Path
 from harness import common
 from harness.common import HarnessError, atomic_path, banner
 
-TRAINED_DIGESTS = common.CACHE_DIR / "trained-weights.txt"  # every checkpoint the supervisor validated, one a line
+# every checkpoint the supervisor validated, one a line
+TRAINED_DIGESTS = common.CACHE_DIR / "trained-weights.txt"
 
 
 def resolve_weights(name, dataset=None):
-    """(what YOLO() loads, how the summary describes it). Never downloads during a run: a missing .pt falls back
-    to the matching .yaml, trained from scratch, with a loud warning. A .pt this harness trained is refused."""
+    """(what YOLO() loads, how the summary describes it). Never downloads during a run: a missing .pt falls
+    back to the matching .yaml, trained from scratch, with a loud warning. A .pt this harness trained is
+    refused."""
     if name.endswith(".yaml"):
         return name, f"{name} (from scratch)"
     from ultralytics.utils import SETTINGS
@@ -21,8 +23,9 @@ def resolve_weights(name, dataset=None):
         if path.is_file():
             data = trained_on(path)
             if why := trained_here(data, dataset) or validated_here(path):
-                raise HarnessError(f"MODEL = {name!r} in train.py: {path} was trained by this harness ({why}); "
-                                   "weights from earlier runs are refused, each experiment is one budget of training "
+                raise HarnessError(f"MODEL = {name!r} in train.py: {path} was trained by this harness "
+                                   f"({why}); weights from earlier runs are refused, "
+                                   "each experiment is one budget of training "
                                    "from released weights or from scratch: use weights/ or a .yaml")
             return str(path), f"{name} (pretrained{f' on {Path(data).name}' if data else ''})"
     scratch = Path(name).with_suffix(".yaml").name
@@ -33,7 +36,8 @@ def resolve_weights(name, dataset=None):
 
 
 def trained_on(path):
-    """The dataset YAML an Ultralytics checkpoint says it was trained on (its train_args), or '' if it says none."""
+    """The dataset YAML an Ultralytics checkpoint says it was trained on (its train_args), or '' if it says
+    none."""
     from ultralytics.utils.patches import torch_load
     try:
         ckpt = torch_load(path, map_location="cpu", weights_only=False)
@@ -44,9 +48,9 @@ def trained_on(path):
 
 
 def weights_digest(path):
-    """A digest of the weights a checkpoint holds (what YOLO() would load: its EMA, else its model), over every
-    tensor's name and value in half precision: unchanged by edited metadata or a float32 copy. '' for a file
-    that holds no model."""
+    """A digest of the weights a checkpoint holds (what YOLO() would load: its EMA, else its model), over
+    every tensor's name and value in half precision: unchanged by edited metadata or a float32 copy. '' for a
+    file that holds no model."""
     from ultralytics.utils.patches import torch_load
     try:
         ckpt = torch_load(path, map_location="cpu", weights_only=False)
@@ -72,14 +76,16 @@ def record_validated(paths):
 
 
 def validated_here(path):
-    """Why the checkpoint at `path` holds weights an earlier run trained (its digest is in TRAINED_DIGESTS), or ''."""
+    """Why the checkpoint at `path` holds weights an earlier run trained (its digest is in TRAINED_DIGESTS),
+    or ''."""
     if not TRAINED_DIGESTS.is_file() or weights_digest(path) not in TRAINED_DIGESTS.read_text().split():
         return ""
     return "the same weights as a checkpoint an earlier run trained, whatever its metadata says"
 
 
 def trained_here(data, dataset=None):
-    """Why a checkpoint trained on `data` comes from this harness (a run folder, the stand-in, the dataset), or ''."""
+    """Why a checkpoint trained on `data` comes from this harness (a run folder, the stand-in, the dataset),
+    or ''."""
     if not data:
         return ""
     path = Path(data)
@@ -104,7 +110,8 @@ def download_weights(name):
         raise HarnessError(f"could not download {name} ({type(e).__name__}); "
                            f"copy the file into {common.WEIGHTS_DIR}/ by hand")
     if not target.is_file():
-        raise HarnessError(f"{name} is not among Ultralytics' released weights; copy it into {common.WEIGHTS_DIR}/")
+        raise HarnessError(f"{name} is not among Ultralytics' released weights; "
+                           f"copy it into {common.WEIGHTS_DIR}/")
     print(f"saved {target}")
 
 
@@ -121,15 +128,16 @@ def pick_device(request=None):
     ids = [request] if isinstance(request, int) else request
     if (not isinstance(ids, (list, tuple)) or not ids
             or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)):
-        raise HarnessError(f"DEVICE = {request!r} in train.py: use None (GPU 0), a GPU index (1) or a list of "
-                           "GPU indices ([0, 1]: one run over several GPUs)")
+        raise HarnessError(f"DEVICE = {request!r} in train.py: use None (GPU 0), a GPU index (1) or a list "
+                           "of GPU indices ([0, 1]: one run over several GPUs)")
     if len(set(ids)) != len(ids):
         raise HarnessError(f"DEVICE = {request!r} in train.py names a GPU twice; list each GPU once")
     missing = [i for i in ids if i >= gpus]
     if missing:
-        have = f"{gpus} GPU{'s' if gpus != 1 else ''} ({', '.join(map(str, range(gpus)))})" if gpus else "no CUDA GPU"
-        raise HarnessError(f"DEVICE = {request!r} in train.py: GPU {missing[0]} does not exist, this machine has "
-                           f"{have}; set DEVICE = None or list GPUs that exist")
+        have = (f"{gpus} GPU{'s' if gpus != 1 else ''} ({', '.join(map(str, range(gpus)))})" if gpus
+                else "no CUDA GPU")
+        raise HarnessError(f"DEVICE = {request!r} in train.py: GPU {missing[0]} does not exist, "
+                           f"this machine has {have}; set DEVICE = None or list GPUs that exist")
     names = [torch.cuda.get_device_name(i) for i in ids]
     name = names[0] if len(set(names)) == 1 else " + ".join(names)
     if len(ids) == 1:

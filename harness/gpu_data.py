@@ -16,23 +16,23 @@ from harness.common import GPU_DATA_ENV, HarnessError, warn
 
 # Ultralytics' CPU workers (decode, mosaic, affine, HSV and flips, one image at a time) feed about a third of
 # what yolo11n's step takes on an H100. Here the training images are decoded once per run, before the clock,
-# and kept as uint8 on the GPU (in pinned host memory when they and the model do not both fit), each at its own
-# size, packed end to end. Each batch is drawn in two halves: the CPU draws every random choice with
+# and kept as uint8 on the GPU (in pinned host memory when they and the model do not both fit), each at its
+# own size, packed end to end. Each batch is drawn in two halves: the CPU draws every random choice with
 # Ultralytics' formulas and moves the boxes in numpy (plan); the GPU draws the pixels with two Triton kernels
-# (render), which fold Ultralytics' resize of a small image into the warp. While the GPU trains on one batch, a
-# thread plans the batch after next and the next one is drawn. Validation stays Ultralytics' own.
+# (render), which fold Ultralytics' resize of a small image into the warp. While the GPU trains on one batch,
+# a thread plans the batch after next and the next one is drawn. Validation stays Ultralytics' own.
 
 PAD = 114                    # Ultralytics' grey for letterbox padding and warp borders
 DECODE_THREADS = min(16, os.cpu_count() or 1)  # cv2 releases the GIL: threads decode in parallel
 # The image store's table, one row per image: where its pixels start, its stored (h, w), and the (h, w) that
-# Ultralytics' loader resizes it to (the long side to imgsz). Larger images are stored resized; smaller ones as
-# they are, their resize drawn by the warp.
+# Ultralytics' loader resizes it to (the long side to imgsz). Larger images are stored resized; smaller ones
+# as they are, their resize drawn by the warp.
 M_OFFSET, M_STORED_H, M_STORED_W, M_H, M_W, M_COLS = 0, 1, 2, 3, 4, 5
 
 
 def load_capped(path, imgsz):
-    """One image as Ultralytics' training loader reads it, BGR, but resized only when its long side is over imgsz:
-    (the image or None if it cannot be decoded, the (h, w) that Ultralytics resizes it to)."""
+    """One image as Ultralytics' training loader reads it, BGR, but resized only when its long side is over
+    imgsz: (the image or None if it cannot be decoded, the (h, w) that Ultralytics resizes it to)."""
     from ultralytics.utils.patches import imread
     im = imread(str(path))
     if im is None:
@@ -46,16 +46,16 @@ def load_capped(path, imgsz):
 
 
 class ImageStore:
-    """Every training image, packed end to end in one flat uint8 tensor (BGR, row-major) with its table (the M_*
-    columns). `pixels` and `table` live together: on the GPU, in pinned host memory, or in CPU memory."""
+    """Every training image, packed end to end in one flat uint8 tensor (BGR, row-major) with its table (the
+    M_* columns). `pixels` and `table` live together: on the GPU, in pinned host memory, or in CPU memory."""
 
     def __init__(self, pixels, table):
         self.pixels, self.table = pixels, table
 
     @classmethod
     def decode(cls, files, imgsz):
-        """The images of `files`, decoded by threads into CPU memory: (the store, [N, 2] (h, w) that Ultralytics
-        resizes each to, (0, 0) for an image that cannot be decoded)."""
+        """The images of `files`, decoded by threads into CPU memory: (the store, [N, 2] (h, w) that
+        Ultralytics resizes each to, (0, 0) for an image that cannot be decoded)."""
         with ThreadPoolExecutor(DECODE_THREADS) as pool:
             loaded = list(pool.map(lambda f: load_capped(f, imgsz), files))
         sizes = np.array([hw for _, hw in loaded], np.int64).reshape(-1, 2)
@@ -66,7 +66,8 @@ class ImageStore:
         """A store of these images (BGR arrays, None for one that could not be decoded), each to be resized to
         its row of sizes [N, 2] (h, w)."""
         import torch
-        stored = np.array([im.shape[:2] if im is not None else (0, 0) for im in images], np.int64).reshape(-1, 2)
+        stored = np.array([im.shape[:2] if im is not None else (0, 0) for im in images],
+                          np.int64).reshape(-1, 2)
         nbytes = stored.prod(1) * 3
         table = np.concatenate([(np.cumsum(nbytes) - nbytes)[:, None], stored, sizes], 1)
         pixels = np.empty(int(nbytes.sum()), np.uint8)
@@ -157,7 +158,8 @@ class GpuDataset:
         for i in np.flatnonzero(self.sizes[:, 0] == 0)[:3]:
             warn(f"{dataset.im_files[i]} cannot be decoded: training goes on without it")
         if not len(self.index):
-            raise HarnessError(f"no training image could be decoded ({dataset.im_files[0]}, ...); check the dataset")
+            raise HarnessError(f"no training image could be decoded ({dataset.im_files[0]}, ...); "
+                               "check the dataset")
         cuda = device.type == "cuda"
         # Images that do not fit on the GPU: each batch's images are gathered and copied over (fetch).
         self.gather = cuda and fits_on_gpu is not None and not fits_on_gpu(store.nbytes)
@@ -213,11 +215,13 @@ class GpuDataset:
         use[:, 0], use[mosaic, 1:] = True, True
         sample, k = np.nonzero(use)
         n = self.count[tiles[sample, k]]
-        rows = np.repeat(self.start[tiles[sample, k]], n) + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+        rows = (np.repeat(self.start[tiles[sample, k]], n) + np.arange(n.sum())
+                - np.repeat(np.cumsum(n) - n, n))
         sample, k = np.repeat(sample, n), np.repeat(k, n)
         cls, xywh = self.boxes[rows, :1], self.boxes[rows, 1:].astype(np.float64)
         wh = hw[sample, k, ::-1]
-        xyxy = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1) * np.tile(wh, 2)
+        xyxy = (np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
+                * np.tile(wh, 2))
         xyxy += np.stack([ox[sample, k], oy[sample, k]] * 2, 1)
         in_mosaic = mosaic[sample]
         xyxy[in_mosaic] = xyxy[in_mosaic].clip(0, 2 * s)  # Mosaic clips to its canvas, drops empty boxes
@@ -234,15 +238,15 @@ class GpuDataset:
         xywhn = np.concatenate([(after[:, :2] + after[:, 2:]) / 2, after[:, 2:] - after[:, :2]], 1) / s
         order = np.argsort(sample, kind="stable")
         tiles[~mosaic, 1:] = tiles[~mosaic, :1]  # never read for a plain image: fetch() then copies one tile
-        params = np.concatenate([minv.reshape(b, 9), xc[:, None], yc[:, None], ox, oy, mix[:, None],  # P_* columns
-                                 ratio[:, None], partner[:, None], r], 1).astype(np.float32)
+        params = np.concatenate([minv.reshape(b, 9), xc[:, None], yc[:, None], ox, oy,  # P_* columns
+                                 mix[:, None], ratio[:, None], partner[:, None], r], 1).astype(np.float32)
         return dict(tiles=tiles, params=params, batch_idx=sample[order], cls=cls[order], bboxes=xywhn[order])
 
     def fetch(self, tiles):
-        """Where render() reads a batch's images from, given plan()'s tiles as a CPU tensor: (store, ids [B, 4]
-        into its table, a CUDA event to wait for or None). Images kept in host memory: the batch's distinct
-        images, packed into pinned memory and copied over on a side stream. GpuLoader calls this in its planning
-        thread, so the packing (tens of ms) and the copy overlap the training step."""
+        """Where render() reads a batch's images from, given plan()'s tiles as a CPU tensor: (store, ids
+        [B, 4] into its table, a CUDA event to wait for or None). Images kept in host memory: the batch's
+        distinct images, packed into pinned memory and copied over on a side stream. GpuLoader calls this in
+        its planning thread, so the packing (tens of ms) and the copy overlap the training step."""
         import torch
         dev = self.device
         if not self.gather:
@@ -273,7 +277,8 @@ class GpuDataset:
 
 
 # Where params' columns are (GpuDataset.plan writes them, both renderers read them).
-P_MINV, P_XC, P_YC, P_OX, P_OY, P_MIX, P_RATIO, P_PARTNER, P_GAINS, P_COLS = 0, 9, 10, 11, 15, 19, 20, 21, 22, 25
+P_MINV, P_XC, P_YC, P_OX, P_OY, P_MIX, P_RATIO, P_PARTNER, P_GAINS, P_COLS = (
+    0, 9, 10, 11, 15, 19, 20, 21, 22, 25)
 
 
 def render_torch(store, ids, params, s, chunk=16):
@@ -290,12 +295,14 @@ def render_torch(store, ids, params, s, chunk=16):
 
 def warp_torch(store, ids, params, s, padded=None):
     """Mosaic, affine and flips of these images: [B, 3, S, S] float RGB. Each output pixel samples the canvas:
-    bilinearly between four pixels of the resized image (grey beyond its edges), whose value at a point is read
-    bilinearly from the stored image at cv2.resize's pixel centres. padded (default: where every image is stored
-    at its resized size) samples padded tiles with grid_sample instead: the same pixels, 2-3x faster on a CPU."""
+    bilinearly between four pixels of the resized image (grey beyond its edges), whose value at a point is
+    read bilinearly from the stored image at cv2.resize's pixel centres. padded (default: where every image is
+    stored at its resized size) samples padded tiles with grid_sample instead: the same pixels, 2-3x faster on
+    a CPU."""
     import torch
     b, dev = len(ids), store.pixels.device
-    minv, xc, yc = params[:, P_MINV:P_MINV + 9].view(b, 3, 3), params[:, P_XC:P_XC + 1], params[:, P_YC:P_YC + 1]
+    minv, xc, yc = (params[:, P_MINV:P_MINV + 9].view(b, 3, 3), params[:, P_XC:P_XC + 1],
+                    params[:, P_YC:P_YC + 1])
     ox, oy = params[:, P_OX:P_OX + 4], params[:, P_OY:P_OY + 4]
     ys, xs = torch.meshgrid(torch.arange(s, device=dev), torch.arange(s, device=dev), indexing="ij")
     src = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3).float() @ minv.transpose(1, 2)
@@ -358,14 +365,16 @@ def hsv_jitter(img, gains):
     d = mx - mn
     r, g, b = img.unbind(1)
     safe = torch.where(d > 0, d, torch.ones_like(d))
-    hue = torch.where(mx == r, ((g - b) / safe) % 6, torch.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = torch.where(mx == r, ((g - b) / safe) % 6,
+                      torch.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4))
     hue = torch.where(d > 0, hue / 6, torch.zeros_like(hue))
     sat = torch.where(mx > 0, d / torch.where(mx > 0, mx, torch.ones_like(mx)), torch.zeros_like(mx))
     hue = (hue + gains[:, 0, None, None]) % 1
     sat = (sat * gains[:, 1, None, None]).clamp(0, 1)
     val = (mx * gains[:, 2, None, None]).clamp(0, 255)
     h6 = hue * 6
-    out = [val - val * sat * torch.clamp(torch.minimum((n + h6) % 6, 4 - (n + h6) % 6), 0, 1) for n in (5, 3, 1)]
+    out = [val - val * sat * torch.clamp(torch.minimum((n + h6) % 6, 4 - (n + h6) % 6), 0, 1)
+           for n in (5, 3, 1)]
     return torch.stack(out, 1)
 
 
@@ -385,8 +394,8 @@ def render_triton(store, ids, params, s):
     b = len(ids)
     grid = (triton.cdiv(s * s, RENDER_BLOCK), b)
     warped = torch.empty((b, s, s, 3), dtype=torch.float16, device=store.pixels.device)
-    warp[grid](store.pixels, store.table, ids.contiguous(), params.contiguous(), warped, s, P_COLS, M_COLS, PAD,
-               RENDER_BLOCK)
+    warp[grid](store.pixels, store.table, ids.contiguous(), params.contiguous(), warped, s, P_COLS, M_COLS,
+               PAD, RENDER_BLOCK)
     out = torch.empty_like(warped)
     blend_hsv[grid](warped, params.contiguous(), out, s, P_COLS, RENDER_BLOCK)
     return out.permute(0, 3, 1, 2)  # [B, 3, S, S] with NHWC strides: .float() / 255 keep them
@@ -468,7 +477,8 @@ def _triton_kernels():
         hue = tl.where(mx == r, (g - bl) / safe, tl.where(mx == g, (bl - r) / safe + 2, (r - g) / safe + 4))
         hue = tl.where(d > 0, hue - 6 * tl.floor(hue / 6), 0.0) / 6 + tl.load(row + 22)
         hue = hue - tl.floor(hue)
-        sat = tl.minimum(tl.maximum(tl.where(mx > 0, d / tl.where(mx > 0, mx, 1.0), 0.0) * tl.load(row + 23), 0), 1)
+        sat = tl.minimum(tl.maximum(tl.where(mx > 0, d / tl.where(mx > 0, mx, 1.0), 0.0)
+                                    * tl.load(row + 23), 0), 1)
         val = tl.minimum(tl.maximum(mx * tl.load(row + 24), 0), 255)
         for c in tl.static_range(3):
             k = 6 * hue + 5 - 2 * c  # n = 5, 3, 1 for r, g, b
@@ -515,7 +525,8 @@ class GpuLoader:
         pass
 
     def __iter__(self):
-        order = self.dataset.index[np.random.default_rng(self.seed + self.epoch).permutation(len(self.dataset))]
+        order = self.dataset.index[
+            np.random.default_rng(self.seed + self.epoch).permutation(len(self.dataset))]
         # Padded with the epoch's first images to whole batches on every rank, as DistributedSampler pads
         # ranks: a smaller last batch is a new input shape, for which cuDNN spends seconds of the budget
         # choosing kernels.
@@ -561,13 +572,14 @@ class GpuLoader:
 
 
 class TrainingData:
-    """prepare.Trainer's loaders and its one batch: the GPU pipeline for training (GPU_DATA = True) with its images
-    where the memory plan puts them, Ultralytics' own loader otherwise, kept batches for VAL = True's validation;
-    and a run that ends where Ultralytics would halve the batch after running out of memory."""
+    """prepare.Trainer's loaders and its one batch: the GPU pipeline for training (GPU_DATA = True) with its
+    images where the memory plan puts them, Ultralytics' own loader otherwise, kept batches for VAL = True's
+    validation; and a run that ends where Ultralytics would halve the batch after running out of memory."""
 
     def get_dataloader(self, dataset_path, batch_size=16, rank=0, mode="train"):
         if mode == "val" and self.world_size <= 1 and validation.prebuilt():  # VAL = True: decoded once
-            loader = super().get_dataloader(dataset_path, batch_size, rank, mode)  # workers start on first use
+            # workers start on first use
+            loader = super().get_dataloader(dataset_path, batch_size, rank, mode)
             return validation.PrebuiltBatches(loader.dataset, loader.batch_size, self.device, keep=True)
         if mode != "train" or os.environ.get(GPU_DATA_ENV) != "1":
             loader = super().get_dataloader(dataset_path, batch_size, rank, mode)

@@ -43,9 +43,9 @@ def step_need(trainer, batch, labels):
     """Bytes of GPU memory that training at this batch needs beyond what the process holds now: one measured
     step (forward, loss, backward) of a copy of the model, plus its EMA and optimizer state and the next batch
     in flight. None if the step ran out of memory."""
-    import torch
     from copy import deepcopy
 
+    import torch
     from ultralytics.utils.torch_utils import autocast, unwrap_model
     dev, s = trainer.device, trainer.args.imgsz
     params = sum(p.numel() * p.element_size() for p in unwrap_model(trainer.model).parameters())

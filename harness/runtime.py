@@ -1,5 +1,5 @@
-"""The offline runtime: environment set before Ultralytics is imported, and the patches that keep a run offline,
-the dataset read-only and run.log short."""
+"""The offline runtime: environment set before Ultralytics is imported, and the patches that keep a run
+offline, the dataset read-only and run.log short."""
 
 import functools
 import hashlib
@@ -22,7 +22,8 @@ def go_offline():
 
 
 def config_dir():
-    """Ultralytics' settings folder: one per checkout, since its settings name the checkout's runs and weights."""
+    """Ultralytics' settings folder: one per checkout, since its settings name the checkout's runs and
+    weights."""
     return common.CACHE_DIR / "ultralytics" / hashlib.sha1(str(common.REPO_DIR).encode()).hexdigest()[:12]
 
 
@@ -59,9 +60,9 @@ def configure_ultralytics():
 
 
 def check_amp(model):
-    """Ultralytics' AMP self-test, offline: it loads yolo26n.pt from the internet. AMP is well supported on CUDA
-    GPUs; on the CPU the answer is False, as Ultralytics' own: CPU autocast is bfloat16, 4x slower than float32
-    where the CPU lacks AVX512-BF16. Returns whether to train with AMP."""
+    """Ultralytics' AMP self-test, offline: it loads yolo26n.pt from the internet. AMP is well supported on
+    CUDA GPUs; on the CPU the answer is False, as Ultralytics' own: CPU autocast is bfloat16, 4x slower than
+    float32 where the CPU lacks AVX512-BF16. Returns whether to train with AMP."""
     return next(model.parameters()).device.type == "cuda"
 
 

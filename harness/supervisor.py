@@ -1,6 +1,7 @@
 """The supervisor: train.py's own process runs train.py again as a child and watches it. The child trains and
 reports through a pipe of its own; the supervisor relays the child's output, holds the time limits, stops the
-child's whole process group, and leaves the verdict to prepare.py. Nothing the child does can reach this process.
+child's whole process group, and leaves the verdict to prepare.py. Nothing the child does can reach this
+process.
 """
 
 import ast
@@ -18,14 +19,10 @@ CHILD_ENV = "AUTORESEARCH_CHILD"          # set in the child (and so in every pr
 REPORT_FD_ENV = "AUTORESEARCH_REPORT_FD"  # the child's end of the report pipe
 BUDGET_ENV = "AUTORESEARCH_SUPERVISED_BUDGET"  # the budget the supervisor holds, for the child's guard
 STOP_GRACE = 10                           # seconds between SIGTERM and SIGKILL
-# The child's own grace for its DDP workers (ddp.stop_group), added to STOP_GRACE while it has some: killed sooner,
-# torchrun could not stop its workers, which run in sessions of their own.
+# The child's own grace for its DDP workers (ddp.train_ddp), added to STOP_GRACE while it has some: killed
+# sooner, torchrun could not stop its workers, which run in sessions of their own.
 DDP_STOP_GRACE = 30
-# Lines of the child that could pass for the supervisor's last lines: relayed with CHILD_MARK in front.
-SUMMARY_KEYS = ("fitness_key", "fitness", "training_seconds", "total_seconds", "peak_vram_mb", "precision", "recall",
-                "map50", "map50_95", "epoch", "batch", "val_seconds", "time_budget_s", "train_images_per_s", "data",
-                "dataset", "weights", "device", "run_dir", "error")
-CHILD_MARK = "train.py| "
+CHILD_MARK = "train.py| "  # in front of a child's line that could pass for one of the supervisor's last lines
 
 
 def is_child():
@@ -38,23 +35,58 @@ def runs_train_py(train_py):
 
 
 def check_first_statement(train_py):
-    """Nothing of train.py may run before the supervisor: its first statement must be `import prepare`, with only
-    a docstring, comments and `from __future__` imports above it. Raises HarnessError naming the line."""
+    """Nothing of train.py may run before the supervisor: its first statement must be `import prepare`, with
+    only a docstring, comments and `from __future__` imports above it. Raises HarnessError naming the line."""
     from harness.common import HarnessError
     for node in ast.parse(Path(train_py).read_text(), str(train_py)).body:
-        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+        if (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)):
             continue  # the docstring
         if isinstance(node, ast.ImportFrom) and node.module == "__future__":
             continue
         if isinstance(node, ast.Import) and [(a.name, a.asname) for a in node.names] == [("prepare", None)]:
             return
         line = ast.get_source_segment(Path(train_py).read_text(), node).splitlines()[0][:60]
-        raise HarnessError(f"{train_py} line {node.lineno}: `{line}` runs before `import prepare`; train.py's "
-                           "first statement must be `import prepare` (only a docstring, comments and `from "
-                           "__future__` imports above it): move that line below it")
+        raise HarnessError(f"{train_py} line {node.lineno}: `{line}` runs before `import prepare`; "
+                           "train.py's first statement must be `import prepare` (only a docstring, comments "
+                           "and `from __future__` imports above it): move that line below it")
 
 
 _WRITE = os.write  # taken when prepare is imported, before any of train.py's own code can run
+
+
+def install(train_py, describe, workers=False):
+    """At prepare's import: any uncaught exception ends the process with one `error:` line (describe(exc, tb)
+    gives its text), SIGTERM ends it the way Ctrl-C does, nothing of train.py ran before it, and the child's
+    report pipe is this process's alone. workers: a multiprocessing worker, which keeps its signal
+    handlers."""
+    sys.excepthook = functools.partial(_excepthook, describe)
+    if runs_train_py(train_py):
+        check_first_statement(train_py)
+    take_report_pipe(train_py)
+    if not workers:
+        signal.signal(signal.SIGTERM, _sigterm)
+
+
+def _excepthook(describe, exc_type, exc, tb):
+    from harness import ddp
+    from harness.common import HarnessError
+    sys.stdout.flush()
+    if not isinstance(exc, (HarnessError, KeyboardInterrupt)):
+        sys.__excepthook__(exc_type, exc, tb)
+        sys.stderr.flush()
+    error, worker = describe(exc, tb), ddp.ddp_rank() >= 0
+    if worker:  # a DDP worker: its parent ends with this line, not torch.distributed's
+        ddp.write_handoff(ddp.ddp_rank(), {"error": error})
+    if not report("error", error=error) and not (worker and is_child()):
+        say(f"error: {error}")  # else the supervisor prints it, last
+
+
+def _sigterm(signum, frame):
+    # kill and timeout send SIGTERM, and `uv run` passes its own on: the first ends the run through the same
+    # clean path as Ctrl-C, a second must not interrupt that path.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def say(line):
@@ -83,8 +115,9 @@ def take_report_pipe(train_py):
         os.set_inheritable(int(fd), False)
         _PIPE.update(fd=int(fd), pid=os.getpid())
     elif is_child() and runs_train_py(train_py):
-        raise HarnessError(f"train.py runs as the supervisor's child ({CHILD_ENV}=1) without its report pipe: "
-                           f"nothing would check this run. Unset {CHILD_ENV} and run `uv run train.py`")
+        raise HarnessError(f"train.py runs as the supervisor's child ({CHILD_ENV}=1) without its report "
+                           "pipe: nothing would check this run. "
+                           f"Unset {CHILD_ENV} and run `uv run train.py`")
 
 
 def report(event, **fields):
@@ -99,17 +132,17 @@ def report(event, **fields):
     return True
 
 
-def mark(line):
-    """A child's line as the log shows it: marked when it could pass for a summary or error line."""
+def mark(line, keys):
+    """A child's line as the log shows it: marked when it could pass for a summary or error line (keys)."""
     key = line.split(":", 1)[0]
-    return CHILD_MARK + line if line.strip() == "---" or (":" in line and key in SUMMARY_KEYS) else line
+    return CHILD_MARK + line if line.strip() == "---" or (":" in line and key in keys) else line
 
 
 class Child:
     """train.py run again as the child, in a session of its own, its output relayed line by line, its reports
     collected. `events` holds them in order, each with the supervisor's own time of arrival ("at")."""
 
-    def __init__(self, argv, budget, out=sys.stdout):
+    def __init__(self, argv, budget, marked=(), out=sys.stdout):
         read_fd, write_fd = os.pipe()
         env = {**os.environ, CHILD_ENV: "1", REPORT_FD_ENV: str(write_fd), BUDGET_ENV: f"{budget!r}",
                "PYTHONUNBUFFERED": "1"}
@@ -118,7 +151,7 @@ class Child:
             [sys.executable, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             pass_fds=(write_fd,), start_new_session=True)
         os.close(write_fd)
-        self.events, self.groups, self.out = [], set(), out
+        self.events, self.groups, self.marked, self.out = [], set(), marked, out
         self.changed = threading.Condition()
         self.threads = [threading.Thread(target=self._relay, daemon=True),
                         threading.Thread(target=self._collect, args=(read_fd,), daemon=True)]
@@ -128,7 +161,7 @@ class Child:
     def _relay(self):
         for raw in iter(self.proc.stdout.readline, b""):
             line = raw.decode(errors="replace").rstrip("\n")
-            self.out.write(mark(line) + "\n")
+            self.out.write(mark(line, self.marked) + "\n")
             self.out.flush()
 
     def _collect(self, fd):
@@ -150,22 +183,44 @@ class Child:
         return next((e for e in self.events if e.get("event") == name), None)
 
     def wait(self, until, deadline):
-        """Wait until until() is true, the child exits, or the deadline passes (epoch seconds, or a function
-        giving them, asked again as reports arrive); returns whether until() is true."""
+        """Wait for the child's first report named `until` ("exit": its exit; or a function, until it is
+        true), a second training, the child's exit or the deadline (epoch seconds, or a function giving them,
+        asked again as reports arrive); returns whether `until` came."""
+        came = until if callable(until) else functools.partial(self._came, until)
         end = deadline if callable(deadline) else lambda: deadline
-        while not until() and self.proc.poll() is None and time.time() < end():
+        while not came() and self.running() and self.trainings() < 2 and time.time() < end():
             with self.changed:
                 self.changed.wait(min(1.0, max(end() - time.time(), 0.01)))
-        return until()
+        return bool(came())
+
+    def _came(self, name):
+        return not self.running() if name == "exit" else self.first(name) is not None
+
+    def running(self):
+        return self.proc.poll() is None
+
+    def trainings(self):
+        """How many trainings the child has started."""
+        return sum(e.get("event") == "train_start" for e in self.events)
+
+    def progress(self):
+        """How far training got, in words, from the last epoch report."""
+        epochs = [e for e in self.events if e.get("event") == "epoch"]
+        if not epochs:
+            return "no epoch done"
+        return (f"{len(epochs)} epochs done, {epochs[-1]['images']} images at "
+                f"{epochs[-1]['rate']:.1f} images/s")
 
     def slowest_step(self):
         """The longest training step the child has reported, in seconds (0.0 before the first)."""
         return max((e["seconds"] for e in self.events if e.get("event") == "step"), default=0.0)
 
-    def train_py_seconds(self, now):
-        """Seconds train.py's own code has run in the child so far, outside the training clock: from the end of
-        its `import prepare` to prepare.start(), and from start()'s return to model.train(...)."""
-        at = {name: (self.first(name) or {}).get("at") for name in ("imported", "start", "started", "trainer")}
+    def train_py_seconds(self):
+        """Seconds train.py's own code has run in the child so far, outside the training clock: from the end
+        of its `import prepare` to prepare.start(), and from start()'s return to model.train(...)."""
+        now = time.time()
+        at = {name: (self.first(name) or {}).get("at")
+              for name in ("imported", "start", "started", "trainer")}
         before = (at["start"] or now) - at["imported"] if at["imported"] else 0.0
         return before + ((at["trainer"] or now) - at["started"] if at["started"] else 0.0)
 
@@ -176,22 +231,13 @@ class Child:
         return [end - start for start, end in zip(starts, ends)]
 
     def stop(self):
-        """SIGTERM to the child's session and its DDP workers' groups, SIGKILL to whatever is left after the grace."""
-        groups = [self.proc.pid, *self.groups]
-        grace = STOP_GRACE + (DDP_STOP_GRACE if self.groups else 0)
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
-            for pgid in groups:
-                try:
-                    os.killpg(pgid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            try:
-                self.proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                pass
+        """SIGTERM to the child's session and its DDP workers' groups, SIGKILL to whatever is left after the
+        grace."""
+        stop(self.proc, STOP_GRACE + (DDP_STOP_GRACE if self.groups else 0), [self.proc.pid, *self.groups])
 
     def finish(self):
-        """The child's exit code, once its output and reports are all read (the relay ends with its stdout)."""
+        """The child's exit code, once its output and reports are all read (the relay ends with its
+        stdout)."""
         code = self.proc.wait()
         for pgid in self.groups:  # a DDP worker left behind by a child that died outright
             try:
@@ -201,6 +247,23 @@ class Child:
         for t in self.threads:
             t.join(10)
         return code
+
+
+def stop(proc, grace, groups=()):
+    """SIGTERM, then SIGKILL `grace` seconds later (at once if proc has exited by then): to the process groups
+    `groups`, or to proc alone without them; then up to 5 s more for proc to exit."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+        for pgid in groups:
+            try:
+                os.killpg(pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if not groups and proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def describe_exit(code):
@@ -216,8 +279,8 @@ def describe_exit(code):
 @functools.cache
 def watch_trainings():
     """Child side: every Ultralytics trainer reports its first step (a second training is then seen), each new
-    longest step (the limit allows one more: a slow machine's last step) and each epoch's end (how far a run got,
-    should it overrun)."""
+    longest step (the limit allows one more: a slow machine's last step) and each epoch's end (how far a run
+    got, should it overrun)."""
     from ultralytics.engine.trainer import BaseTrainer
     run_callbacks = BaseTrainer.run_callbacks
 

@@ -1,6 +1,6 @@
-"""The synthetic stand-in: procedural aerial ship imagery in Kaggle's layout (train/valid/test, one class 'ship'),
-deterministic from a seed. Each label is the axis-aligned bounds of a ship's visible hull pixels; rocks, buoys,
-whitecaps, piers and debris are drawn but never labelled: look-alikes to reject.
+"""The synthetic stand-in: procedural aerial ship imagery in Kaggle's layout (train/valid/test, one class
+'ship'), deterministic from a seed. Each label is the axis-aligned bounds of a ship's visible hull pixels;
+rocks, buoys, whitecaps, piers and debris are drawn but never labelled: look-alikes to reject.
 
     python -m harness.synthetic small|full   # what the harness runs when it needs the stand-in
 """
@@ -23,7 +23,8 @@ import yaml
 from harness import common
 
 SYNTH_SEED = 0  # the stand-in dataset is a pure function of this seed
-SYNTH_SCALES = {"small": {"train": 300, "valid": 80, "test": 80}, "full": {"train": 9697, "valid": 2165, "test": 1573}}
+SYNTH_SCALES = {"small": {"train": 300, "valid": 80, "test": 80},
+                "full": {"train": 9697, "valid": 2165, "test": 1573}}
 SYNTH_SPLITS = ("train", "valid", "test")
 IMG_SIDE_MIN, IMG_SIDE_MAX = 80, 800
 EMPTY_FRACTION = 0.10               # share of images with no ship at all
@@ -38,16 +39,17 @@ JPEG_QUALITY_MIN, JPEG_QUALITY_MAX = 60, 95
 CHUNK_SIZE = 16                     # images per pool task
 # relative paths and no 'path:' key, exactly like the Roboflow export, so the folder can be moved
 SYNTH_DATA_YAML = "train: train/images\nval: valid/images\ntest: test/images\nnc: 1\nnames: ['ship']\n"
-SEA_BGR = [(95, 55, 20), (125, 85, 35), (110, 100, 40), (90, 100, 85), (70, 95, 110), (60, 38, 18), (140, 130, 60),
-           (75, 75, 60)]
+SEA_BGR = [(95, 55, 20), (125, 85, 35), (110, 100, 40), (90, 100, 85), (70, 95, 110), (60, 38, 18),
+           (140, 130, 60), (75, 75, 60)]
 SHALLOW_BGR = [(165, 160, 90), (130, 165, 165), (120, 140, 110)]
 LAND_BGR = [(55, 100, 70), (60, 110, 110), (75, 105, 135), (130, 130, 130), (115, 150, 175), (40, 70, 50)]
 PAVING_BGR = [(105, 105, 105), (165, 165, 160), (90, 100, 100), (60, 95, 75)]
 ROOF_BGR = [(150, 150, 150), (200, 200, 200), (60, 70, 150), (120, 110, 100), (80, 80, 80), (150, 120, 90)]
-HULL_BGR = [(235, 235, 235), (180, 180, 175), (110, 110, 105), (60, 60, 60), (35, 35, 40), (45, 45, 150), (45, 55, 110),
-            (140, 75, 30), (80, 45, 20), (60, 105, 55)]
+HULL_BGR = [(235, 235, 235), (180, 180, 175), (110, 110, 105), (60, 60, 60), (35, 35, 40), (45, 45, 150),
+            (45, 55, 110), (140, 75, 30), (80, 45, 20), (60, 105, 55)]
 DECK_BGR = [(220, 225, 225), (90, 110, 140), (50, 60, 130), (70, 110, 70), (120, 120, 120), (130, 160, 190)]
-BOX_BGR = [(40, 40, 170), (150, 90, 40), (40, 120, 200), (60, 120, 60), (170, 170, 170), (30, 60, 120), (200, 200, 200)]
+BOX_BGR = [(40, 40, 170), (150, 90, 40), (40, 120, 200), (60, 120, 60), (170, 170, 170), (30, 60, 120),
+           (200, 200, 200)]
 ROCK_BGR = [(60, 65, 70), (70, 90, 105), (100, 105, 110), (45, 50, 55)]
 FOAM_BGR = (235, 238, 238)
 
@@ -173,7 +175,8 @@ def ripples(rng, h, w, wind):
 
 
 def render_sea(rng, h, w):
-    """Float BGR sea: coloured base, broad tone patches, two crossing swells, fine chop, optional sun glint."""
+    """Float BGR sea: coloured base, broad tone patches, two crossing swells, fine chop, optional sun
+    glint."""
     img = np.empty((h, w, 3), np.float32)
     img[:] = jitter(rng, pick(rng, SEA_BGR), 10)
     other = np.float32(jitter(rng, pick(rng, SEA_BGR), 10))
@@ -190,7 +193,8 @@ def render_sea(rng, h, w):
     if rng.random() < 0.3:  # sun glint: sparkles on ripple crests under a broad bright halo
         gx, gy, r = rng.uniform(-0.3, 1.3) * w, rng.uniform(-0.3, 1.3) * h, rng.uniform(0.3, 1.0) * max(h, w)
         halo = np.exp(-((xs - gx) ** 2 + (ys - gy) ** 2) / r ** 2)
-        img += (halo * (rng.uniform(10, 40) + np.clip(waves - 1.5, 0, None) ** 2 * rng.uniform(10, 50)))[..., None]
+        img += (halo * (rng.uniform(10, 40)
+                        + np.clip(waves - 1.5, 0, None) ** 2 * rng.uniform(10, 50)))[..., None]
     return img
 
 
@@ -272,7 +276,8 @@ def plan_open_ships(rng, h, w, occupied, count, scale):
             break
         length, beam = ship_dims(rng, scale)
         cx, cy = rng.uniform(-0.2, 1.2) * w, rng.uniform(-0.2, 1.2) * h  # some get cut by the border
-        ship = make_ship(rng, h, w, occupied, length, beam, cx, cy, rng.uniform(0, 2 * np.pi), rng.random() < 0.6)
+        ship = make_ship(rng, h, w, occupied, length, beam, cx, cy, rng.uniform(0, 2 * np.pi),
+                         rng.random() < 0.6)
         ships += [ship] if ship else []
     return ships
 
@@ -281,7 +286,8 @@ def plan_harbour(rng, h, w, occupied, quay, n, scale, distractors, img, shade, s
     """Piers sticking out from the quay, with ships moored alongside, several abreast."""
     along, out = np.array([-n[1], n[0]]), -n
     out_ang, span = math.atan2(out[1], out[0]), max(h, w)
-    pier_bgr, piers, ships = jitter(rng, pick(rng, [(175, 175, 170), (90, 110, 130), (140, 140, 135)]), 8), [], []
+    pier_bgr, piers, ships = jitter(rng, pick(rng, [(175, 175, 170), (90, 110, 130),
+                                                    (140, 140, 135)]), 8), [], []
     # all piers first: ships must not end up under one
     for s in np.sort(rng.uniform(-0.7, 0.7, rng.integers(1, 5))) * span:
         plen, pw = rng.uniform(0.15, 0.6) * span, max(3.0, rng.uniform(0.05, 0.3) * scale)
@@ -346,7 +352,8 @@ def draw_ship(rng, img, ship):
     view = img[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
     layer = view.copy()
     L, B = ship["length"], ship["beam"]
-    put = lambda local, bgr: fill(layer, to_pixels(local, ship["cx"] - x0, ship["cy"] - y0, ship["angle"]), bgr)
+    def put(local, bgr):
+        return fill(layer, to_pixels(local, ship["cx"] - x0, ship["cy"] - y0, ship["angle"]), bgr)
     fill(layer, ship["pts"] - [x0, y0], jitter(rng, pick(rng, HULL_BGR), 10))
     if L >= 12:
         kind = pick(rng, ["cargo", "tanker", "boat", "boat"] if L > 60 else ["boat", "boat", "barge"])
@@ -360,7 +367,8 @@ def draw_ship(rng, img, ship):
             for i in range(n_bays):
                 bx = -0.27 * L + i * 0.55 * L / n_bays
                 if rng.random() < 0.85:
-                    put(rect(bx, bx + 0.5 * L / n_bays, -0.34 * B, 0.34 * B), jitter(rng, pick(rng, BOX_BGR), 15))
+                    put(rect(bx, bx + 0.5 * L / n_bays, -0.34 * B, 0.34 * B),
+                        jitter(rng, pick(rng, BOX_BGR), 15))
         elif kind == "tanker" and B >= 6:
             put(rect(-0.28 * L, 0.3 * L, -0.04 * B - 0.5, 0.04 * B + 0.5), (190, 190, 190))
         elif kind == "boat" and B >= 4:
@@ -374,14 +382,16 @@ def add_rocks(rng, h, w, img, occupied, foam, shade, sun, distractors, scale):
     for _ in range(rng.integers(1, 4) if rng.random() < 0.35 else 0):
         radius = scale * rng.uniform(0.1, 1.0)
         aspect = rng.uniform(1.5, 4) if rng.random() < 0.4 else 1.0  # hull-shaped look-alikes
-        local, pose = blob(rng, radius, aspect), (rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0, 2 * np.pi))
+        local, pose = blob(rng, radius, aspect), (rng.uniform(0, w), rng.uniform(0, h),
+                                                  rng.uniform(0, 2 * np.pi))
         pts = to_pixels(local, *pose)
         crop = free_crop(h, w, pts, occupied)
         if crop is None:
             continue
         fill(shade, pts + sun * radius * 0.2, 0.7)
         paint(img, crop, jitter(rng, pick(rng, ROCK_BGR), 12))
-        if radius > 12 and rng.random() < 0.5:  # vegetated islet top; the outline is star-shaped, so it stays inside
+        # vegetated islet top; the outline is star-shaped, so it stays inside
+        if radius > 12 and rng.random() < 0.5:
             fill(img, to_pixels(local * 0.6, *pose), jitter(rng, LAND_BGR[0], 12))
         cv2.polylines(foam, [fixed(pts)], True, rng.uniform(0.3, 0.8), 2, cv2.LINE_AA, 3)  # surf
         occupy(occupied, pts)
@@ -400,7 +410,8 @@ def add_small_distractors(rng, h, w, img, occupied, ships, distractors, rough):
             near, local, alpha = None, blob(rng, rng.uniform(1, 2.5), 1.0, 0.05, 8), 1.0
             bgr = pick(rng, [(30, 30, 200), (30, 200, 230), (60, 150, 40), (240, 240, 240)])
         else:
-            near, local, alpha = None, blob(rng, rng.uniform(1.5, 5), rng.uniform(1, 2.5), 0.5, 8), rng.uniform(0.6, 1)
+            near, local, alpha = (None, blob(rng, rng.uniform(1.5, 5), rng.uniform(1, 2.5), 0.5, 8),
+                                  rng.uniform(0.6, 1))
             bgr = pick(rng, [(60, 90, 120), (150, 150, 150), (210, 210, 210), (40, 60, 70)])
         c = (rng.uniform(0, 1, 2) * [w, h] if near is None
              else rng.normal([near["cx"], near["cy"]], near["length"] * 0.8))
@@ -454,27 +465,32 @@ def render_scene(rng: np.random.Generator) -> Scene:
     sun = rng.normal(0, 1, 2)
     sun /= np.linalg.norm(sun)
     # one ground resolution per scene: ships in a scene have comparable sizes, like a real photo
-    scale = math.exp(rng.uniform(math.log(SCALE_MIN), math.log(max(SCALE_MIN + 4, min(SCALE_MAX, 0.5 * max(h, w))))))
+    scale = math.exp(rng.uniform(math.log(SCALE_MIN),
+                                 math.log(max(SCALE_MIN + 4, min(SCALE_MAX, 0.5 * max(h, w))))))
     has_ships = rng.random() >= EMPTY_FRACTION
     if kind != "sea":
         land, quay, n = add_land(rng, img, kind == "harbour")
         occupied[land] = 1
         if kind == "harbour":  # an empty harbour still gets its piers
-            ships += plan_harbour(rng, h, w, occupied, quay, n, scale, distractors, img, shade, sun, 3 * has_ships)
+            ships += plan_harbour(rng, h, w, occupied, quay, n, scale, distractors, img, shade, sun,
+                                  3 * has_ships)
     add_rocks(rng, h, w, img, occupied, foam, shade, sun, distractors, scale)
     static = occupied.copy()
     if has_ships:
         count = int(rng.integers(6, 15)) if rng.random() < 0.08 else int(rng.choice([1, 1, 2, 2, 3, 4, 5]))
-        ships += plan_open_ships(rng, h, w, occupied, count if kind != "harbour" else int(rng.integers(0, 3)), scale)
+        ships += plan_open_ships(rng, h, w, occupied,
+                                 count if kind != "harbour" else int(rng.integers(0, 3)), scale)
     for ship in ships:
         fill(shade, ship["pts"] + sun * (0.5 + ship["beam"] * rng.uniform(0.1, 0.4)), rng.uniform(0.5, 0.75))
         if ship["moving"]:
             draw_wake(rng, foam, ship)
     img *= cv2.GaussianBlur(shade, (0, 0), 0.7)[..., None]
-    foam = cv2.GaussianBlur(foam, (0, 0), rng.uniform(0.8, 2.0)) * np.clip(1 + 0.5 * smooth_noise(rng, h, w, 12), 0, 2)
+    foam = (cv2.GaussianBlur(foam, (0, 0), rng.uniform(0.8, 2.0))
+            * np.clip(1 + 0.5 * smooth_noise(rng, h, w, 12), 0, 2))
     foam = np.clip(foam, 0, 1) * (static == 0)
     img += foam[..., None] * (np.float32(FOAM_BGR) - img)
-    add_small_distractors(rng, h, w, img, occupied, ships, distractors, rng.uniform(0, 1) ** 2)  # on top of wakes
+    # on top of wakes
+    add_small_distractors(rng, h, w, img, occupied, ships, distractors, rng.uniform(0, 1) ** 2)
     for ship in ships:
         draw_ship(rng, img, ship)
     add_clouds_and_haze(rng, img, sun)
@@ -491,7 +507,8 @@ def synth_image_name(seed, split, index):
 
 
 def label_rows(boxes, h, w):
-    return "".join(f"0 {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} {(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}\n"
+    return "".join(f"0 {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} "
+                   f"{(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}\n"
                    for x0, y0, x1, y1 in boxes)
 
 
@@ -560,7 +577,8 @@ def save_sample_mosaic(data_yaml, out_path, n: int = 12, seed: int = 0, tile: in
         label = images[i].parent.parent / "labels" / (images[i].stem + ".txt")
         for row in label.read_text().splitlines():
             _, cx, cy, bw, bh = map(float, row.split())
-            x0, y0, x1, y1 = (cx - bw / 2) * w * s, (cy - bh / 2) * h * s, (cx + bw / 2) * w * s, (cy + bh / 2) * h * s
+            x0, y0, x1, y1 = ((cx - bw / 2) * w * s, (cy - bh / 2) * h * s,
+                              (cx + bw / 2) * w * s, (cy + bh / 2) * h * s)
             cv2.rectangle(img, (round(x0), round(y0)), (round(x1), round(y1)), (0, 255, 0), 1)
         r, c = divmod(k, cols)
         mosaic[r * tile:r * tile + img.shape[0], c * tile:c * tile + img.shape[1]] = img

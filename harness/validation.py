@@ -1,8 +1,8 @@
 """
 Validation through Ultralytics' own validator, with its batches built ahead. Its DataLoader decodes and
 letterboxes the val split in worker processes and copies each batch from pageable memory as the validator asks
-for it; here the same dataset object (Ultralytics' YOLODataset: decode, rect letterbox, collate) builds the same
-batches in a thread pool, ahead of the validator, and puts them on the GPU. DetectionValidator then runs
+for it; here the same dataset object (Ultralytics' YOLODataset: decode, rect letterbox, collate) builds the
+same batches in a thread pool, ahead of the validator, and puts them on the GPU. DetectionValidator then runs
 unchanged: its model call, NMS and metrics. The bytes are the DataLoader's, so every metric is the same
 (tests/test_validation.py).
 """
@@ -18,9 +18,9 @@ LOADER_ENV = "AUTORESEARCH_VAL_LOADER"  # "ultralytics": validate through Ultral
 
 
 class PrebuiltBatches:
-    """The batches Ultralytics' val DataLoader yields (no shuffle: consecutive images, the dataset's collate_fn),
-    built by a thread pool ahead of use; on a CUDA device each batch's tensors are already there. With keep=True
-    (the trainer's per-epoch validation) the images are decoded on the first pass only."""
+    """The batches Ultralytics' val DataLoader yields (no shuffle: consecutive images, the dataset's
+    collate_fn), built by a thread pool ahead of use; on a CUDA device each batch's tensors are already there.
+    With keep=True (the trainer's per-epoch validation) the images are decoded on the first pass only."""
 
     def __init__(self, dataset, batch_size, device, keep=False):
         import torch
@@ -35,17 +35,20 @@ class PrebuiltBatches:
         """Batch i, as the DataLoader collates it; its tensors on the device when that is a GPU."""
         import torch
         if self.kept is not None and i in self.kept:
-            batch = dict(self.kept[i])  # the validator replaces its entries (on the CPU too): not the kept ones
+            # the validator replaces its entries (on the CPU too): not the kept ones
+            batch = dict(self.kept[i])
         else:
             start = i * self.batch_size
-            batch = self.dataset.collate_fn([self.dataset[j] for j in range(start, min(start + self.batch_size,
-                                                                                        len(self.dataset)))])
+            batch = self.dataset.collate_fn(
+                [self.dataset[j] for j in range(start, min(start + self.batch_size, len(self.dataset)))])
             if self.kept is not None:
                 self.kept[i] = dict(batch)
         if self.device.type == "cuda":
-            stream = torch.cuda.Stream(self.device)  # a copy on the thread's own stream overlaps the validator
+            # a copy on the thread's own stream overlaps the validator
+            stream = torch.cuda.Stream(self.device)
             with torch.cuda.stream(stream):
-                batch = {k: v.pin_memory().to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                batch = {k: v.pin_memory().to(self.device, non_blocking=True)
+                            if isinstance(v, torch.Tensor) else v
                          for k, v in batch.items()}
             stream.synchronize()
             for v in batch.values():  # freed after the validator's kernels on its stream, not before
@@ -69,23 +72,26 @@ def validator_class():
 
     class PrebuiltValidator(DetectionValidator):
         def get_dataloader(self, dataset_path, batch_size):
-            loader = super().get_dataloader(dataset_path, batch_size)  # the dataset; its workers start on first use
+            # the dataset; its workers start on first use
+            loader = super().get_dataloader(dataset_path, batch_size)
             return PrebuiltBatches(loader.dataset, loader.batch_size, self.device)
 
     return PrebuiltValidator
 
 
 def validate(weights, **kwargs):
-    """Ultralytics' `YOLO(weights).val(**kwargs)`, through PrebuiltBatches unless LOADER_ENV says otherwise, or
-    where they fail (the log says so). Returns Ultralytics' DetMetrics."""
+    """Ultralytics' `YOLO(weights).val(**kwargs)`, through PrebuiltBatches unless LOADER_ENV says otherwise,
+    or where they fail (the log says so). Returns Ultralytics' DetMetrics."""
     from ultralytics import YOLO
     if not prebuilt():
         print(f"validation: Ultralytics' own loader ({LOADER_ENV})")
         return YOLO(weights).val(**kwargs)
     try:
         return YOLO(weights).val(validator=validator_class(), **kwargs)
-    except Exception as e:  # the metric never depends on this path: Ultralytics' loader gives the same numbers
-        print(f"validation: prebuilt batches failed ({type(e).__name__}: {e}); again with Ultralytics' own loader")
+    except Exception as e:
+        # the metric never depends on this path: Ultralytics' loader gives the same numbers
+        print(f"validation: prebuilt batches failed ({type(e).__name__}: {e}); "
+              "again with Ultralytics' own loader")
         return YOLO(weights).val(**kwargs)
 
 

@@ -1,9 +1,10 @@
 """
-Smaller cards on a big one (a GPU benchmark, not a test): for each card, a second process holds all of the GPU's
-memory but N GiB, and the default train.py runs beside it with a short budget. A run that ends with the memory
-plan's `error:` line runs again with the batch that line names. Each card gets a row: where the training images
-went, the batch, steady img/s against that batch's own channels-last ceiling (measured beside the same blocker),
-and peak_vram_mb against nvidia-smi. The compute is still the big card's: compare ratios, not speeds.
+Smaller cards on a big one (a GPU benchmark, not a test): for each card, a second process holds all of the
+GPU's memory but N GiB, and the default train.py runs beside it with a short budget. A run that ends with the
+memory plan's `error:` line runs again with the batch that line names. Each card gets a row: where the
+training images went, the batch, steady img/s against that batch's own channels-last ceiling (measured beside
+the same blocker), and peak_vram_mb against nvidia-smi. The compute is still the big card's: compare ratios,
+not speeds.
 
 Usage (repo root, GPU machine; bench.sh calls it with CARDS="..."):
     python tests/bench_cards.py --out OUT all 24 16 12 8 80:IMGSZ=1280
@@ -54,8 +55,8 @@ def card_with(gib):
 
 
 def gpu_used_mib():
-    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
-                         capture_output=True, text=True)
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
+                          "-i", "0"], capture_output=True, text=True)
     return int(out.stdout.split()[0])
 
 
@@ -78,8 +79,8 @@ def smi_peak():
 
 
 def edited_copy(folder, knobs):
-    """A copy of the harness whose train.py has these knobs and attaches tests/bench_profile.py. Raises where a
-    knob matches no line of train.py: a bench must not measure something else than it says."""
+    """A copy of the harness whose train.py has these knobs and attaches tests/bench_profile.py. Raises where
+    a knob matches no line of train.py: a bench must not measure something else than it says."""
     folder.mkdir(parents=True)
     shutil.copy(REPO / "prepare.py", folder)
     shutil.copytree(REPO / "harness", folder / "harness", ignore=shutil.ignore_patterns("__pycache__"))
@@ -89,8 +90,8 @@ def edited_copy(folder, knobs):
         text, n = re.subn(rf"^{name} = [^#\n]*?(\s*#|$)", rf"{name} = {value}\1", text, count=1, flags=re.M)
         if n != 1:
             raise SystemExit(f"bench_cards: no knob {name} in train.py")
-    text, n = re.subn(r"^(model = YOLO\(.*\)\n)", r"\1import bench_profile; bench_profile.attach(model)\n", text,
-                      flags=re.M)
+    text, n = re.subn(r"^(model = YOLO\(.*\)\n)", r"\1import bench_profile; bench_profile.attach(model)\n",
+                      text, flags=re.M)
     if n != 1:
         raise SystemExit("bench_cards: no 'model = YOLO(' line in train.py")
     (folder / "train.py").write_text(text)
@@ -104,23 +105,27 @@ def run(label, knobs, gib, out, work, budget):
            "BENCH_PROFILE_OUT": str(out / f"{label}.profile.json")}
     with card_with(gib), smi_peak() as smi:
         t = time.time()
-        proc = subprocess.run([sys.executable, "train.py"], cwd=folder, env=env, capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "train.py"], cwd=folder, env=env, capture_output=True,
+                              text=True)
         wall = time.time() - t
     log = proc.stdout + proc.stderr
     (out / f"{label}.log").write_text(log)
     where = re.search(r"GPU data: .* ([\d.]+) GB in (GPU|host memory)", log)
     profile = out / f"{label}.profile.json"
     steady = json.loads(profile.read_text())["totals"]["steady_img_per_s"] if profile.is_file() else 0.0
-    return {"log": log, "summary": summary_of(log), "last": log.strip().splitlines()[-1] if log.strip() else "",
+    return {"log": log, "summary": summary_of(log),
+            "last": log.strip().splitlines()[-1] if log.strip() else "",
             "images": f"{where[2]} ({where[1]} GB)" if where else "-", "steady": steady, "smi": smi["peak"],
             "wall": wall, "folder": folder}
 
 
 def ceiling(label, folder, gib, out):
-    """That train.py's model-only ceiling in the channels-last layout, beside the same blocker (img/s, or 0)."""
+    """That train.py's model-only ceiling in the channels-last layout, beside the same blocker (img/s, or
+    0)."""
     path = out / f"{label}-ceiling.json"
     with card_with(gib):
-        subprocess.run([sys.executable, str(REPO / "tests" / "bench_ceiling.py"), "--train", str(folder / "train.py"),
+        subprocess.run([sys.executable, str(REPO / "tests" / "bench_ceiling.py"),
+                        "--train", str(folder / "train.py"),
                         "--layouts", "channels_last", "--out", str(path)], capture_output=True, text=True)
     try:
         return json.loads(path.read_text())["layouts"]["channels_last"]["img_per_s"]
@@ -145,8 +150,8 @@ def main(argv=None):
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-cards-"))
-    head = ("card (GiB free)", "asked", "error: line", "images in", "batch", "steady img/s", "ceiling", "share",
-            "peak_vram_mb", "smi peak", "wall s")
+    head = ("card (GiB free)", "asked", "error: line", "images in", "batch", "steady img/s", "ceiling",
+            "share", "peak_vram_mb", "smi peak", "wall s")
     rows = []
     for spec in args.cards:
         label, gib, knobs = parse_card(spec)
@@ -159,7 +164,8 @@ def main(argv=None):
             r = run(label, knobs, gib, out, work, args.budget)
         s = r["summary"]
         top = ceiling(label, r["folder"], gib, out) if s else 0.0
-        rows.append((label, asked, "names " + refused[1] if refused else "none", r["images"], s.get("batch", "-"),
+        rows.append((label, asked, "names " + refused[1] if refused else "none", r["images"],
+                     s.get("batch", "-"),
                      f"{r['steady']:.0f}", f"{top:.0f}", f"{r['steady'] / top:.1%}" if top else "-",
                      s.get("peak_vram_mb", r["last"][:60]), str(r["smi"]), f"{r['wall']:.0f}"))
         print(" | ".join(rows[-1]), flush=True)

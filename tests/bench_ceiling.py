@@ -203,10 +203,12 @@ def main(argv=None):
     parser.add_argument("--model", help="override MODEL")
     parser.add_argument("--imgsz", type=int, help="override IMGSZ")
     parser.add_argument("--batch", type=int, help="override BATCH")
-    parser.add_argument("--nbs", type=int, help="override NBS (optimizer step every round(NBS/BATCH) batches)")
+    parser.add_argument("--nbs", type=int,
+                        help="override NBS (optimizer step every round(NBS/BATCH) batches)")
     parser.add_argument("--iters", type=int, default=TIMED_ITERS, help="timed batches per layout")
     parser.add_argument("--warmup", type=int, default=WARMUP_ITERS, help="untimed batches per layout")
-    parser.add_argument("--layouts", default=",".join(LAYOUTS), help=f"comma-separated subset of {','.join(LAYOUTS)}")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS),
+                        help=f"comma-separated subset of {','.join(LAYOUTS)}")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to build)")
     parser.add_argument("--deterministic", type=int, choices=(0, 1), help="override train.py's (default 1)")
     parser.add_argument("--device", help="cuda:0 or cpu (default: cuda:0 if present)")
@@ -227,10 +229,12 @@ def main(argv=None):
         try:
             r = time_layout(knobs, cfg, device, layout, args.warmup, args.iters)
         except Exception as e:  # one layout failing (compile without a C compiler) must not lose the rest
-            r = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"}
+            r = {"error": f"{type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"}
         result["layouts"][layout] = r
         print(f"  {layout:<14} " + (f"{r['img_per_s']:8.1f} img/s  {r['ms_per_batch']:7.2f} ms/batch  "
-                                    f"peak {r['peak_reserved_mb']:.0f} MiB" if "error" not in r else r["error"]))
+                                    f"peak {r['peak_reserved_mb']:.0f} MiB"
+                                    if "error" not in r else r["error"]))
     ok = {k: v["img_per_s"] for k, v in result["layouts"].items() if "img_per_s" in v}
     result["best_layout"] = max(ok, key=ok.get) if ok else None
     result["best_img_per_s"] = ok.get(result["best_layout"], 0.0)

@@ -5,7 +5,8 @@ trainer, and the trainer hands its callbacks to its validator, so one set of cal
 
 Usage:
     # in a copy of train.py, right after `model = YOLO(run.weights)` (bench.sh inserts this line):
-    import bench_profile; bench_profile.attach(model)   # writes $BENCH_PROFILE_OUT (default bench_profile.json)
+    import bench_profile; bench_profile.attach(model)   # writes $BENCH_PROFILE_OUT
+                                                        # (default bench_profile.json)
 
     # table rows for one run (bench.sh calls these; LABEL prefixes every row):
     python tests/bench_profile.py report LABEL --log run.log --profile p.json [--ceiling ceiling.json ...]
@@ -19,8 +20,8 @@ What it records (seconds, from time.time(); on CUDA after torch.cuda.synchronize
 work lands in the step and not in the next data wait; BENCH_PROFILE_SYNC=0 turns the syncs off):
 - per epoch: data waits (previous batch's end, or the epoch's start, to the next batch's start),
   steps (batch start to batch end: forward, loss, backward, optimizer step when due, logging), the
-  first batch's step, every step of epochs 1 and 2 (where epoch 1's extra time goes), validation (trainer.validate), checkpoint saves (trainer.save_model and whether
-  one was written), the whole epoch;
+  first batch's step, every step of epochs 1 and 2 (where epoch 1's extra time goes), validation
+  (trainer.validate), checkpoint saves (trainer.save_model and whether one was written), the whole epoch;
 - moments relative to prepare.T0 (total_seconds counts from there): pretrain routine start and end,
   the clock start (trainer.train_time_start), final_eval start and end (inside it the validation loop
   of best.pt, on_val_start to on_val_end, timed apart), on_train_end, and atexit (after the summary).
@@ -94,7 +95,8 @@ class Profile:
             e = self.epochs[-1]
             if not e["batches"]:  # the run's first batch pays for cuDNN's kernel choice (epoch 1 row)
                 e["first_step_s"] = t - self.batch_start
-            if len(self.epochs) <= 2:  # every step of epochs 1 and 2: is epoch 1's extra time early, or spread?
+            # every step of epochs 1 and 2: is epoch 1's extra time early, or spread?
+            if len(self.epochs) <= 2:
                 e.setdefault("steps", []).append(round(t - self.batch_start, 4))
             e["step_s"] += t - self.batch_start
             e["batches"] += 1
@@ -168,7 +170,8 @@ class Profile:
 
     # -- wrappers --
     def timed(self, method, key):
-        """Add the method's time to the current epoch's `key` (not inside final_eval: that is after the clock)."""
+        """Add the method's time to the current epoch's `key` (not inside final_eval: that is after the
+        clock)."""
         def wrapper(*args, **kwargs):
             t = self.now()
             try:
@@ -279,7 +282,8 @@ def report(label, log, profile, ceilings=None, wall=None, smi=None, idle=None):
         c = max(found, key=lambda c: c.get("best_img_per_s") or 0.0)
         best, layout = c.get("best_img_per_s") or 0.0, c.get("best_layout")
         of = f", the faster of {len(found)}" if len(found) > 1 else ""
-        ratio = f" = {pct(t['steady_img_per_s'], best)} of ceiling ({layout} {best:.0f} img/s{of}; {TARGETS['ceiling']})"
+        ratio = (f" = {pct(t['steady_img_per_s'], best)} of ceiling "
+                 f"({layout} {best:.0f} img/s{of}; {TARGETS['ceiling']})")
         step_ratio = f" = {pct(t['steady_step_img_per_s'], best)} of ceiling"
     else:
         ratio = step_ratio = " (no ceiling)"
@@ -293,25 +297,30 @@ def report(label, log, profile, ceilings=None, wall=None, smi=None, idle=None):
     if len(p["epochs"]) > 1 and len(first.get("steps", [])) > 20 and p["epochs"][1].get("steps"):
         steps, second = first["steps"], p["epochs"][1]["steps"]
         slow = sorted(range(len(steps)), key=steps.__getitem__)[-5:]
-        row(label, "epoch 1's 5 slowest steps (s at batch index)", ", ".join(f"{steps[i]:.2f} at {i}" for i in slow))
+        row(label, "epoch 1's 5 slowest steps (s at batch index)",
+            ", ".join(f"{steps[i]:.2f} at {i}" for i in slow))
         row(label, "epoch 1 steps 1-10 / 11-end, epoch 2 (mean ms)",
             f"{1e3 * statistics.mean(steps[:10]):.0f} / {1e3 * statistics.mean(steps[10:]):.0f}, "
             f"{1e3 * statistics.mean(second):.0f}")
     # 3. where the training clock went
     train_s = t["training_s"]
-    row(label, "training clock, profiled (s)", f"{train_s:.1f} (summary: {summary.get('training_seconds', '?')})")
+    row(label, "training clock, profiled (s)",
+        f"{train_s:.1f} (summary: {summary.get('training_seconds', '?')})")
     row(label, "  in steps (% of clock, s, batches)",
         f"{pct(t['step_s'], train_s)}, {t['step_s']:.1f} s, {t['batches']} ({TARGETS['steps']})")
     row(label, f"  in data waits (%, s, waits > {STALL_S * 1000:.0f} ms)",
         f"{pct(t['wait_s'], train_s)}, {t['wait_s']:.1f} s, {t['stalls']}")
     row(label, "  in per-epoch validation (%, s, count)",
         f"{pct(t['val_s'], train_s)}, {t['val_s']:.1f} s, {t['validations']}")
-    row(label, "  in checkpoint saves (%, s, count)", f"{pct(t['save_s'], train_s)}, {t['save_s']:.1f} s, {t['saves']}")
-    row(label, "  other (%, s: scheduler, EMA, CSV, gc)", f"{pct(t['other_s'], train_s)}, {t['other_s']:.1f} s")
+    row(label, "  in checkpoint saves (%, s, count)",
+        f"{pct(t['save_s'], train_s)}, {t['save_s']:.1f} s, {t['saves']}")
+    row(label, "  other (%, s: scheduler, EMA, CSV, gc)",
+        f"{pct(t['other_s'], train_s)}, {t['other_s']:.1f} s")
     # 4. overhead outside the budget
     if summary:
         total, training = float(summary["total_seconds"]), float(summary["training_seconds"])
-        row(label, "overhead: total - training_seconds (s)", f"{total - training:.1f} ({TARGETS['overhead']})")
+        row(label, "overhead: total - training_seconds (s)",
+            f"{total - training:.1f} ({TARGETS['overhead']})")
         pre, setup = m.get("pretrain_start", 0), m.get("pretrain_end", 0) - m.get("pretrain_start", 0)
         row(label, "  T0 -> clock start (s = start + setup + rest)",
             f"{m['clock_start']:.1f} = {pre:.1f} + {setup:.1f} + {m['clock_start'] - pre - setup:.1f}")
@@ -348,7 +357,8 @@ def ceiling(label, path):
         return False
     c = json.loads(Path(path).read_text())
     row(label, "card, model, imgsz (px), batch, nbs, amp, determ.",
-        f"{c['card']}, {c['model']}, {c['imgsz']}, {c['batch']}, {c['nbs']}, {c['amp']}, {c['deterministic']}")
+        f"{c['card']}, {c['model']}, {c['imgsz']}, {c['batch']}, {c['nbs']}, {c['amp']}, "
+        f"{c['deterministic']}")
     for name, r in c["layouts"].items():
         value = f"{r['img_per_s']:.1f} ({r['ms_per_batch']:.1f} ms/batch)" if "img_per_s" in r else r["error"]
         row(label, f"{name} (img/s, model only)", value)

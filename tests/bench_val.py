@@ -30,8 +30,8 @@ def validate_once(weights, data, loader, imgsz, device):
     os.environ[validation.LOADER_ENV] = loader
     size = {"imgsz": imgsz} if imgsz else {}
     t = time.time()
-    metrics = validation.validate(weights, data=data, split="val", device=device, single_cls=False, plots=False,
-                                  project=tempfile.mkdtemp(), name="val", **size)
+    metrics = validation.validate(weights, data=data, split="val", device=device, single_cls=False,
+                                  plots=False, project=tempfile.mkdtemp(), name="val", **size)
     return time.time() - t, metrics.results_dict
 
 
@@ -59,7 +59,8 @@ def main():
         worst[imgsz] = max(abs(a[k] - b[k]) for a in results["prebuilt"] for b in results["ultralytics"]
                            for k in b)
     print(f"\n{'card':<56} {card}")
-    rows += [(f"val {imgsz or 'ckpt'} px: largest metric difference", f"{diff:.2e}") for imgsz, diff in worst.items()]
+    rows += [(f"val {imgsz or 'ckpt'} px: largest metric difference", f"{diff:.2e}")
+             for imgsz, diff in worst.items()]
     for name, value in rows:
         print(f"{name:<56} {value}")
 

@@ -21,16 +21,18 @@ CACHE = Path(tempfile.mkdtemp(prefix="autoresearch-test-cache-"))
 os.environ["AUTORESEARCH_CACHE"] = str(CACHE)  # before prepare is imported anywhere
 os.environ.pop("YOLO_DATA", None)
 
+from bench_profile import summary_of  # noqa: E402, F401  (tests import it from here)
 from easy_data import generate_easy  # noqa: E402
+from harness import supervisor  # noqa: E402
 from harness.synthetic import generate_synthetic  # noqa: E402
 
 TINY = {"train": 12, "valid": 6, "test": 4}
 FAST_KNOBS = {"IMGSZ": "64", "BATCH": "4", "NBS": "4", "WORKERS": "0"}
-# A few CPU seconds on the tiny data score mAP 0, so tests that compare metrics train on easy_data with these knobs
-# and this budget instead (an epoch is 8 steps of 4 images at 96 px; no mosaic, no warmup, twice the learning rate),
-# and first assert mAP50-95 above EASY_MAP_FLOOR: a comparison of two metrics then never compares 0 with 0.
-# What it takes is steps: ~50 give 0.1-0.45, ~80 give 0.35-0.7. Measured after EASY_BUDGET on a 2-core machine:
-# 0.5-0.8 with the CPU to itself, 0.2-0.5 beside a second test suite.
+# A few CPU seconds on the tiny data score mAP 0, so tests that compare metrics train on easy_data with these
+# knobs and this budget instead (an epoch is 8 steps of 4 images at 96 px; no mosaic, no warmup, twice the
+# learning rate), and first assert mAP50-95 above EASY_MAP_FLOOR: a comparison of two metrics then never
+# compares 0 with 0. What it takes is steps: ~50 give 0.1-0.45, ~80 give 0.35-0.7. Measured after EASY_BUDGET
+# on a 2-core machine: 0.5-0.8 with the CPU to itself, 0.2-0.5 beside a second test suite.
 EASY_KNOBS = {"IMGSZ": "96", "BATCH": "4", "NBS": "4", "LR0": "0.02", "WARMUP_EPOCHS": "0.0", "MOSAIC": "0.0"}
 EASY_BUDGET = 20
 EASY_MAP_FLOOR = 0.1
@@ -62,7 +64,8 @@ def tiny_data():
 
 @pytest.fixture(scope="session")
 def easy_data():
-    """Big bright boxes on a dark background (tests/easy_data.py), generated once: a short CPU run learns them."""
+    """Big bright boxes on a dark background (tests/easy_data.py), generated once:
+    a short CPU run learns them."""
     root = CACHE / "easy-ships"
     if not root.exists():
         generate_easy(root)
@@ -76,8 +79,9 @@ def dataset(tiny_data, tmp_path):
 
 
 def make_repo(tmp_path, knobs=None, call_extra="", before_train="", after_train="", name="repo"):
-    """A copy of prepare.py, harness/ and train.py in tmp_path/<name>, with knobs replaced, extra arguments added
-    to model.train(...), and optional lines inserted before model.train(...) or prepare.finish(model)."""
+    """A copy of prepare.py, harness/ and train.py in tmp_path/<name>, with knobs replaced, extra arguments
+    added to model.train(...), and optional lines inserted before model.train(...) or
+    prepare.finish(model)."""
     repo = tmp_path / name
     repo.mkdir(exist_ok=True)
     shutil.copy(REPO / "prepare.py", repo / "prepare.py")
@@ -97,9 +101,9 @@ def make_repo(tmp_path, knobs=None, call_extra="", before_train="", after_train=
 
 
 def run_train(repo, data_yaml=None, budget=3, env=None, timeout=600):
-    """Run train.py like the agent does (stdout and stderr into one log); returns (exit code, log). A run still
-    going after `timeout` seconds is a hang: it gets SIGTERM, as from `timeout 600 uv run train.py` (the harness
-    then stops its DDP workers too), and the test fails."""
+    """Run train.py like the agent does (stdout and stderr into one log); returns (exit code, log). A run
+    still going after `timeout` seconds is a hang: it gets SIGTERM, as from `timeout 600 uv run train.py` (the
+    harness then stops its DDP workers too), and the test fails."""
     full_env = {**os.environ, "AUTORESEARCH_TIME_BUDGET": str(budget), **(env or {})}
     full_env.pop("PYTEST_CURRENT_TEST", None)  # else Ultralytics writes its runs into its own tests/ folder
     if data_yaml is not None:
@@ -121,16 +125,12 @@ def run_train(repo, data_yaml=None, budget=3, env=None, timeout=600):
 
 
 def stop_run(proc):
-    """Stop a train.py process as `timeout` would (SIGTERM: the harness stops its DDP workers), then kill, by id,
-    whatever it started that is still there: torch.distributed.run starts each worker in a session of its own, so
-    a worker stuck in a collective can outlive the harness's stop of the run's process group."""
+    """Stop a train.py process as `timeout` would (SIGTERM: the harness stops its DDP workers), then kill, by
+    id, whatever it started that is still there: torch.distributed.run starts each worker in a session of its
+    own, so a worker stuck in a collective can outlive the harness's stop of the run's process group."""
     tree = descendants(proc.pid)
-    proc.terminate()
-    try:
-        proc.wait(90)  # the harness gives DDP workers 30 s after SIGTERM, then kills them
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    supervisor.stop(proc, 90)  # the harness gives DDP workers 30 s after SIGTERM, then kills them
+    proc.wait()
     for pid, started in tree:
         kill_if_same(pid, started)
 
@@ -167,10 +167,27 @@ def kill_if_same(pid, started):
             pass
 
 
-def summary_of(log):
-    """The key: value lines after the last '---' line."""
-    tail = log.rsplit("\n---\n", 1)[1]
-    return dict(line.split(": ", 1) for line in tail.strip().splitlines())
+def snapshot(*folders, leave_out=()):
+    """Every file below the folders, with its size and mtime, but those under a top folder named in
+    leave_out."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for folder in folders for p in Path(folder).rglob("*")
+            if p.is_file() and not set(p.relative_to(folder).parts[:1]) & set(leave_out)}
+
+
+def gpu_pipeline(args, data_yaml, device="cpu", fits_on_gpu=None):
+    """Ultralytics' augmenting training dataset over data_yaml's train split, as prepare.Trainer builds it,
+    and the GPU pipeline's over the same files on `device`: (dataset, GpuDataset)."""
+    from copy import copy
+
+    import torch
+
+    from harness import gpu_data, runtime
+    runtime.configure_ultralytics()
+    from ultralytics.data.build import build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+    data = check_det_dataset(str(data_yaml))
+    dataset = build_yolo_dataset(args, data["train"], 16, data, mode="train", stride=32)
+    return dataset, gpu_data.GpuDataset(dataset, copy(args), torch.device(device), fits_on_gpu)
 
 
 def seed_grep(log):

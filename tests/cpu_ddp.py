@@ -2,14 +2,14 @@
 devices (device ids, the nccl backend); only that changes here: CPU_DDP_WORKERS worker processes joined by
 gloo. The rest runs as on GPUs: the harness's launch, the workers' hand-off, the supervisor's validation.
 
-CPU_DDP_RANK1_CLOCK_AHEAD_S (seconds, optional): rank 1's training clock reads that much more than rank 0's, as
-if it had started long before, so its own estimate of the epochs that fit the budget is smaller than rank 0's.
-Each rank prints its own estimate and the one it trains with after every epoch."""
+CPU_DDP_RANK1_CLOCK_AHEAD_S (seconds, optional): rank 1's training clock reads that much more than rank 0's,
+as if it had started long before, so its own estimate of the epochs that fit the budget is smaller than rank
+0's. Each rank prints its own estimate and the one it trains with after every epoch."""
 
 import os
 import sys
 
-import prepare  # first, as in train.py
+import prepare  # first, as in train.py  # isort: skip
 import torch
 import torch.distributed as dist
 from ultralytics.utils import LOCAL_RANK, RANK

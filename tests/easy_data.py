@@ -1,11 +1,11 @@
 """An "easy" dataset for tests that compare metrics: a few seconds of CPU training learn it.
 
-The tiny synthetic stand-in (harness/synthetic.py) looks like aerial photos, and a short CPU run scores mAP 0 on
-it, so a test comparing two metrics would compare 0 with 0. Here every image is a dark, slightly noisy
-background with one or two big bright rectangles (each box a quarter to half of the image side), so a short run
-learns where they are: tests/test_train.py and tests/test_ddp.py assert mAP50-95 is above EASY_MAP_FLOOR first.
-Same layout as Kaggle's ships-aerial-images (train/valid/test, images/ + labels/, data.yaml, one class 'ship');
-deterministic: the same seed writes the same files.
+The tiny synthetic stand-in (harness/synthetic.py) looks like aerial photos, and a short CPU run scores mAP 0
+on it, so a test comparing two metrics would compare 0 with 0. Here every image is a dark, slightly noisy
+background with one or two big bright rectangles (each box a quarter to half of the image side), so a short
+run learns where they are: tests/test_train.py and tests/test_ddp.py assert mAP50-95 is above EASY_MAP_FLOOR
+first. Same layout as Kaggle's ships-aerial-images (train/valid/test, images/ + labels/, data.yaml, one class
+'ship'); deterministic: the same seed writes the same files.
 """
 
 import os
@@ -14,9 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from harness.synthetic import SYNTH_DATA_YAML as EASY_YAML  # the Kaggle layout, as the stand-in's
+
 EASY_COUNTS = {"train": 32, "valid": 12, "test": 4}
 EASY_SIZE = 96  # px, square; train at IMGSZ = 96 so nothing is resized
-EASY_YAML = "train: train/images\nval: valid/images\ntest: test/images\nnc: 1\nnames: ['ship']\n"
 
 
 def easy_image(rng, size=EASY_SIZE):

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import REPO, make_repo, run_train, summary_of
 
-ATTACH = f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); import bench_profile; bench_profile.attach(model)"
+ATTACH = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); "
+          "import bench_profile; bench_profile.attach(model)")
 # Rounding, not time: the summary prints seconds to 0.1, the profile to 1e-4; half a last digit of each
 ROUNDING_S = 0.05 + 1e-4
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two busy cores: PyTorch's spinning threads slow each other 10x
@@ -35,7 +36,8 @@ def profiled_run(tiny_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("profiled")
     repo = make_repo(tmp, before_train=ATTACH)
     out = tmp / "profile.json"
-    rc, log = run_train(repo, tiny_data / "data.yaml", budget=3, env={"BENCH_PROFILE_OUT": str(out), **ONE_THREAD})
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=3,
+                        env={"BENCH_PROFILE_OUT": str(out), **ONE_THREAD})
     assert rc == 0, log[-3000:]
     return json.loads(out.read_text()), summary_of(log), log, out
 
@@ -53,7 +55,8 @@ def test_profile_accounts_for_the_training_clock(profiled_run):
     assert m["clock_start"] < stop <= m["final_start"] + ROUNDING_S, (m, summary["training_seconds"])
     assert t["steady_img_per_s"] > 0
     assert t["save_s"] > 0 and t["saves"] == 1  # VAL = False: the last epoch saves
-    assert t["val_s"] < 0.01  # and no epoch validates (the call returns at once): the supervisor validates best.pt
+    # and no epoch validates (the call returns at once): the supervisor validates best.pt
+    assert t["val_s"] < 0.01
 
 
 def test_profile_marks_the_moments_in_order(profiled_run):
@@ -76,7 +79,8 @@ def test_report_prints_rows_with_units(profiled_run, tmp_path):
     assert any("in steps (%" in r for r in rows) and any("overhead" in r for r in rows)
     assert all(r.startswith("cpu: ") and "(" in r for r in rows), rows  # every row names its units
     noise = subprocess.run([sys.executable, str(REPO / "tests" / "bench_profile.py"), "noise", "n",
-                            str(tmp_path / "run.log"), str(tmp_path / "run.log"), str(tmp_path / "missing.log")],
+                            str(tmp_path / "run.log"), str(tmp_path / "run.log"),
+                            str(tmp_path / "missing.log")],
                            capture_output=True, text=True, timeout=60)
     assert "2 runs, 1 failed" in noise.stdout and "0.0000 / 0.0000" in noise.stdout, noise.stdout
 
@@ -101,14 +105,17 @@ def test_report_divides_by_the_fastest_ceiling_measured(profiled_run, tmp_path):
 
 def test_agent_edits_table_shows_edits_refused_at_start(tiny_data, tmp_path):
     env = {**os.environ, "YOLO_DATA": str(tiny_data / "data.yaml"), "OUT": str(tmp_path / "out"),
-           "WORK": str(tmp_path / "work"), "ONLY": "rect multi_scale", "CEILING_TIMEOUT": "5", "PYTHON": sys.executable}
-    proc = subprocess.run(["bash", str(REPO / "tests" / "bench_edits.sh")], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+           "WORK": str(tmp_path / "work"), "ONLY": "rect multi_scale", "CEILING_TIMEOUT": "5",
+           "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(REPO / "tests" / "bench_edits.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = {line.split()[0]: line for line in proc.stdout.splitlines()[2:]}
     assert rows.keys() == {"multi_scale", "rect"}, proc.stdout
-    assert "error@start" in rows["rect"] and "error: rect=True is not supported by the GPU data" in rows["rect"]
-    assert "error@start" in rows["multi_scale"] and "error: multi_scale=0.5 trains each" in rows["multi_scale"]
+    assert ("error@start" in rows["rect"]
+            and "error: rect=True is not supported by the GPU data" in rows["rect"])
+    assert ("error@start" in rows["multi_scale"]
+            and "error: multi_scale=0.5 trains each" in rows["multi_scale"])
 
 
 def test_the_cards_bench_edits_train_py_knobs_and_refuses_one_that_matches_nothing(tmp_path):

@@ -54,7 +54,8 @@ def test_kaggle_yaml_with_absolute_paths_resolves_against_its_folder(dataset):
 
 
 def test_roboflow_relative_paths_resolve(dataset):
-    (dataset / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\nnc: 1\nnames: ['ship']\n")
+    (dataset / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\n"
+                                       "nc: 1\nnames: ['ship']\n")
     assert check_dataset(dataset / "data.yaml")["val"][0] == dataset / "valid" / "images"
 
 
@@ -65,12 +66,14 @@ def test_unchanged_dataset_is_checked_from_cache_and_changes_are_seen(dataset):
 
 
 def test_an_unchanged_dataset_is_not_read_again(dataset, monkeypatch):
-    # A Kaggle-size check reads about 10,000 label files and image headers. Unchanged (the same names, sizes and
-    # mtimes), a dataset's verdict comes from the cache of that fingerprint: the second check opens none of them.
+    # A Kaggle-size check reads about 10,000 label files and image headers. Unchanged (the same names, sizes
+    # and mtimes), a dataset's verdict comes from the cache of that fingerprint: the second check opens none
+    # of them.
     import harness.dataset
     first = check_dataset(dataset / "data.yaml")
     opened = []
-    monkeypatch.setattr(harness.dataset, "check_label_file", lambda path, nc: opened.append(path) or (1, None))
+    monkeypatch.setattr(harness.dataset, "check_label_file",
+                        lambda path, nc: opened.append(path) or (1, None))
     monkeypatch.setattr(harness.dataset, "check_image_file", lambda path: opened.append(path))
     again = check_dataset(dataset / "data.yaml")
     assert opened == []
@@ -119,12 +122,13 @@ def test_bad_label_rows_name_file_and_line(dataset, row, says):
 ])
 @pytest.mark.parametrize("ultralytics_imported", [False, True])
 def test_broken_images_are_named(dataset, damage, says, ultralytics_imported, monkeypatch):
-    if ultralytics_imported:  # Ultralytics patches PIL's Image.open on import: the check says the same after it
+    # Ultralytics patches PIL's Image.open on import: the check says the same after it
+    if ultralytics_imported:
         import ultralytics.utils.patches  # noqa: F401
     else:
         from PIL import Image
-        monkeypatch.setattr(Image, "open", getattr(sys.modules.get("ultralytics.utils.patches"), "_image_open",
-                                                    Image.open))
+        monkeypatch.setattr(Image, "open", getattr(sys.modules.get("ultralytics.utils.patches"),
+                                                    "_image_open", Image.open))
     image = sorted((dataset / "valid" / "images").iterdir())[0]
     damage(image)
     expect_error(dataset / "data.yaml", image, says)
@@ -191,15 +195,18 @@ def test_prepare_cli_prints_stats_or_one_error_line(dataset):
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "train 12 images" in ok.stdout and "val 6 images" in ok.stdout
     (dataset / "data.yaml").write_text("nc: 1\n")
-    bad = subprocess.run([sys.executable, "prepare.py"], cwd=REPO_DIR, env=env, capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "prepare.py"], cwd=REPO_DIR, env=env, capture_output=True,
+                         text=True)
     assert bad.returncode != 0
-    assert bad.stdout.strip().splitlines() == [f"error: {dataset / 'data.yaml'}: no 'names:' list; add e.g. names: ['ship']"]
+    assert bad.stdout.strip().splitlines() == [f"error: {dataset / 'data.yaml'}: no 'names:' list; "
+                                               "add e.g. names: ['ship']"]
 
 
 def test_local_weights_are_used_and_missing_ones_fall_back_to_scratch(tmp_path, monkeypatch, capsys):
     from ultralytics import YOLO
     monkeypatch.chdir(tmp_path)
-    assert resolve_weights("yolo11n.pt") == ("yolo11n.yaml", "yolo11n.yaml (from scratch: yolo11n.pt not found)")
+    assert resolve_weights("yolo11n.pt") == ("yolo11n.yaml",
+                                             "yolo11n.yaml (from scratch: yolo11n.pt not found)")
     assert "training yolo11n.yaml from scratch" in capsys.readouterr().out
     YOLO("yolo11n.yaml").save(tmp_path / "yolo11n.pt")
     assert resolve_weights("yolo11n.pt") == ("yolo11n.pt", "yolo11n.pt (pretrained)")

@@ -1,9 +1,10 @@
 """Several GPUs (DEVICE = [0, 1] in train.py), on the CPU.
 
-A real DDP run: tests/cpu_ddp.py makes prepare.Trainer's DDP workers CPU processes joined by gloo (Ultralytics'
-DDP wants CUDA devices), and everything else runs as on GPUs: the harness's launch of torch.distributed.run,
-the GPU data pipeline's shards, each worker's hand-off, the parent's final validation and the summary. What
-only GPUs show (memory per card, the speed-up) comes from `DDP=2 BASE=0 bash tests/bench.sh` on two GPUs."""
+A real DDP run: tests/cpu_ddp.py makes prepare.Trainer's DDP workers CPU processes joined by gloo
+(Ultralytics' DDP wants CUDA devices), and everything else runs as on GPUs: the harness's launch of
+torch.distributed.run, the GPU data pipeline's shards, each worker's hand-off, the parent's final validation
+and the summary. What only GPUs show (memory per card, the speed-up) comes from
+`DDP=2 BASE=0 bash tests/bench.sh` on two GPUs."""
 
 import json
 import re
@@ -16,21 +17,31 @@ from pathlib import Path
 import pytest
 
 import prepare
-from harness import common, ddp, device, runtime
-from conftest import (EASY_BUDGET, EASY_KNOBS, EASY_MAP_FLOOR, REPO, REVALIDATE, assert_failed,
-                      make_repo, run_train, summary_of)
+from conftest import (
+    EASY_BUDGET,
+    EASY_KNOBS,
+    EASY_MAP_FLOOR,
+    REPO,
+    REVALIDATE,
+    assert_failed,
+    make_repo,
+    run_train,
+    summary_of,
+)
 from easy_data import EASY_COUNTS
+from harness import common, ddp, device, runtime
 
 CPU_DDP = f"import sys; sys.path.append({str(REPO / 'tests')!r}); import cpu_ddp"
 TWO_WORKERS = {"CPU_DDP_WORKERS": "2"}
-# Ranks whose estimates of the epochs that fit differ (tests/cpu_ddp.py): rank 1's clock reads 30 s more than rank
-# 0's, so on its own it would call epoch 1 or 2 the last of the budget. It would then follow another learning-rate
-# schedule than rank 0, and with VAL = True validate after other epochs: the ranks would wait for each other
-# forever. DDP_HANG_S is when a DDP run counts as hung (they take 1-2 minutes).
+# Ranks whose estimates of the epochs that fit differ (tests/cpu_ddp.py): rank 1's clock reads 30 s more than
+# rank 0's, so on its own it would call epoch 1 or 2 the last of the budget. It would then follow another
+# learning-rate schedule than rank 0, and with VAL = True validate after other epochs: the ranks would wait
+# for each other forever. DDP_HANG_S is when a DDP run counts as hung (they take 1-2 minutes).
 CLOCKS_APART = {"CPU_DDP_RANK1_CLOCK_AHEAD_S": "30"}
 DDP_HANG_S = 300
-# BATCH is split over the workers: each trains on 4 images a step, as a one-process easy run does. (A worker's step
-# costs about as much with 2 images as with 4 on the CPU: with 2 the run would learn from half the images.)
+# BATCH is split over the workers: each trains on 4 images a step, as a one-process easy run does. (A worker's
+# step costs about as much with 2 images as with 4 on the CPU: with 2 the run would learn from half the
+# images.)
 EASY_DDP_KNOBS = {**EASY_KNOBS, "BATCH": "8", "NBS": "8"}
 
 
@@ -48,8 +59,8 @@ def make_ddp_repo(tmp_path, before_train="", **kwargs):
 def ddp_run(easy_data, tmp_path_factory):
     """Two workers on data that a short CPU run learns (conftest's easy_data), whose clocks disagree."""
     repo = make_ddp_repo(tmp_path_factory.mktemp("ddp"), knobs=EASY_DDP_KNOBS, after_train=REVALIDATE)
-    rc, log = run_train(repo, easy_data / "data.yaml", budget=EASY_BUDGET, env={**TWO_WORKERS, **CLOCKS_APART},
-                        timeout=DDP_HANG_S)
+    rc, log = run_train(repo, easy_data / "data.yaml", budget=EASY_BUDGET,
+                        env={**TWO_WORKERS, **CLOCKS_APART}, timeout=DDP_HANG_S)
     assert rc == 0, log[-3000:]
     reports = [json.loads((repo / "run" / f"ddp-rank{rank}.json").read_text()) for rank in (0, 1)]
     return repo, log, reports
@@ -63,8 +74,10 @@ def test_a_ddp_run_trains_in_worker_processes_that_hand_back_their_share(ddp_run
     assert log.count(f"GPU data: {EASY_COUNTS['train']} training images decoded") == 2
     assert first["trained_images"] == second["trained_images"] > 0  # and trains on its half of every epoch
     assert first["epoch"] == second["epoch"]  # every rank took rank 0's estimate of the epochs that fit
-    # rank 1's own estimate (CLOCKS_APART) was smaller than rank 0's, yet after every epoch both trained with rank 0's
-    estimates = re.findall(r"cpu_ddp: rank (\d) after epoch \d+: own estimate (\d+) epochs, trains (\d+)", log)
+    # rank 1's own estimate (CLOCKS_APART) was smaller than rank 0's,
+    # yet after every epoch both trained with rank 0's
+    estimates = re.findall(r"cpu_ddp: rank (\d) after epoch \d+: own estimate (\d+) epochs, trains (\d+)",
+                           log)
     own = {r: [int(n) for rank, n, _ in estimates if rank == r] for r in "01"}  # after epoch 1, 2, ...
     trains = {r: [int(n) for rank, _, n in estimates if rank == r] for r in "01"}
     assert len(own["0"]) == len(own["1"]) == first["epoch"] + 1  # Ultralytics estimates after every epoch
@@ -102,7 +115,8 @@ def test_the_guard_checks_the_settings_the_workers_trained_with(tiny_data, tmp_p
     workers_only = "model.add_callback('on_train_start', lambda trainer: setattr(trainer.args, 'conf', 0.5))"
     repo = make_ddp_repo(tmp_path, before_train=workers_only)
     rc, log = run_train(repo, tiny_data / "data.yaml", env=TWO_WORKERS, timeout=DDP_HANG_S)
-    assert "conf=0.5 (default None)" in assert_failed(rc, log, "error: train.py changed what gets evaluated: ")
+    assert "conf=0.5 (default None)" in assert_failed(rc, log,
+                                                      "error: train.py changed what gets evaluated: ")
     assert (repo / "run" / "ddp-rank0.json").is_file()  # the workers finished: the hand-off carried it
 
 
@@ -142,7 +156,8 @@ def test_a_device_request_the_machine_cannot_meet_fails_before_anything_is_writt
     rc, log = run_train(repo, tiny_data / "data.yaml")
     assert_failed(rc, log, says)
     assert "time budget:" not in log and "Starting training" not in log  # failed before any GPU time
-    assert sorted(p.name for p in repo.iterdir()) == ["harness", "prepare.py", "run.log", "train.py"]  # no run/
+    # no run/
+    assert sorted(p.name for p in repo.iterdir()) == ["harness", "prepare.py", "run.log", "train.py"]
 
 
 def test_device_requests():
@@ -163,7 +178,8 @@ def test_a_failed_ddp_run_ends_with_the_worker_error_that_started_it():
     reports = [{"rank": 0, "error": interrupted}, {"rank": 1, "error": nan}]
     assert ddp.ddp_failure(reports, 1, 2) == f"{nan} (DDP rank 1 of 2)"
     assert ddp.ddp_failure(reports[:1], 1, 2) == f"{interrupted} (DDP rank 0 of 2)"
-    assert ddp.ddp_failure([], -9, 4).startswith("the DDP workers failed (exit code -9) without an error line")
+    assert ddp.ddp_failure([], -9, 4).startswith("the DDP workers failed (exit code -9) "
+                                                 "without an error line")
 
 
 def test_peak_vram_of_a_ddp_run_is_the_largest_per_gpu():
@@ -188,7 +204,8 @@ def test_an_interrupted_parent_stops_every_worker_process(tmp_path):
     worker = ("import subprocess, sys, time; "
               "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
               f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(600)")
-    parent = f"import prepare, sys; from harness import ddp; ddp.run_group([sys.executable, '-c', {worker!r}])"
+    parent = ("import prepare, sys; from harness import ddp; "
+              f"ddp.run_group([sys.executable, '-c', {worker!r}])")
     proc = subprocess.Popen([sys.executable, "-c", parent], cwd=common.REPO_DIR, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     for _ in range(300):
@@ -208,9 +225,10 @@ def test_an_interrupted_parent_stops_every_worker_process(tmp_path):
 
 
 def test_the_workers_get_the_harness(tiny_data, tmp_path):
-    # Ultralytics sends DDP workers the trainer class by reference (cloudpickle): the state it writes for them,
-    # loaded as its worker script loads it, imports prepare, with its offline settings, patches and error line.
-    # Both halves run in fresh processes, as in a real run: the parent writes the state, a worker loads it.
+    # Ultralytics sends DDP workers the trainer class by reference (cloudpickle): the state it writes for
+    # them, loaded as its worker script loads it, imports prepare, with its offline settings, patches and
+    # error line. Both halves run in fresh processes, as in a real run: the parent writes the state, a worker
+    # loads it.
     launch = f"""
 import prepare
 from ultralytics.utils.dist import generate_ddp_file
@@ -228,12 +246,13 @@ sys.path = {sys.path!r}
 from ultralytics.utils.patches import torch_load  # the worker script's order: Ultralytics, then the state
 state = torch_load({str(file.with_suffix(".pt"))!r}, map_location="cpu")
 import prepare
-from harness import runtime
+from harness import runtime, supervisor
 import ultralytics.data.dataset as dataset_mod
 import ultralytics.engine.trainer as trainer_mod
 print(json.dumps({{
     "trainer": state["trainer"] is prepare.Trainer, "prepare": prepare.__file__,
-    "check_amp": trainer_mod.check_amp is runtime.check_amp, "excepthook": sys.excepthook is prepare._excepthook,
+    "check_amp": trainer_mod.check_amp is runtime.check_amp,
+    "excepthook": getattr(sys.excepthook, "func", None) is supervisor._excepthook,
     "labels_cache": dataset_mod.save_dataset_cache_file is runtime.save_labels_cache,
     "env": [os.environ.get(k) for k in ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_CONFIG_DIR")]}}))
 """

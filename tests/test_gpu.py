@@ -1,17 +1,17 @@
-"""What only a CUDA GPU runs: the compiled Triton kernels, decoding onto the GPU, images kept in host memory and
-copied on a side stream, peak memory against NVML, real runs on one GPU and over two. Marked gpu: skipped, with
-the reason shown, where PyTorch sees no CUDA device; run them with `uv run pytest -m gpu` on a GPU machine."""
+"""What only a CUDA GPU runs: the compiled Triton kernels, decoding onto the GPU, images kept in host memory
+and copied on a side stream, peak memory against NVML, real runs on one GPU and over two. Marked gpu: skipped,
+with the reason shown, where PyTorch sees no CUDA device; run them with `uv run pytest -m gpu` on a GPU
+machine."""
 
 import json
 import subprocess
 import sys
-from copy import copy
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, assert_failed, make_repo, run_train, summary_of
+from conftest import REPO, assert_failed, gpu_pipeline, make_repo, run_train, summary_of
 from harness import gpu_data, runtime
 
 pytestmark = pytest.mark.gpu
@@ -23,14 +23,9 @@ ALL_KNOBS = {"mosaic": 0.5, "degrees": 20.0, "shear": 5.0, "perspective": 0.0005
 def gpu_dataset(data_yaml, device="cuda:0", fits_on_gpu=None, **knobs):
     """The GPU pipeline's training set over a dataset, built as prepare.Trainer builds it (on cuda:0, as the
     trainer names its device)."""
-    from ultralytics.cfg import get_cfg
-    from ultralytics.data.build import build_yolo_dataset
-    from ultralytics.data.utils import check_det_dataset
     runtime.configure_ultralytics()
-    args = get_cfg(overrides={"imgsz": IMGSZ, **knobs})
-    data = check_det_dataset(str(data_yaml))
-    dataset = build_yolo_dataset(args, data["train"], 16, data, mode="train", stride=32)
-    return gpu_data.GpuDataset(dataset, copy(args), torch.device(device), fits_on_gpu)
+    from ultralytics.cfg import get_cfg
+    return gpu_pipeline(get_cfg(overrides={"imgsz": IMGSZ, **knobs}), data_yaml, device, fits_on_gpu)[1]
 
 
 @pytest.mark.parametrize("knobs", [{}, ALL_KNOBS], ids=["defaults", "all-knobs"])
@@ -49,7 +44,8 @@ def test_the_compiled_kernels_draw_what_the_torch_renderer_draws(tiny_data, knob
 
 def test_images_kept_in_host_memory_travel_on_a_side_stream_and_draw_the_same_batches(tiny_data):
     on_device = gpu_dataset(tiny_data / "data.yaml", mosaic=0.5)
-    in_host = gpu_dataset(tiny_data / "data.yaml", fits_on_gpu=lambda nbytes: False, mosaic=0.5)  # the plan's no
+    # the plan's no
+    in_host = gpu_dataset(tiny_data / "data.yaml", fits_on_gpu=lambda nbytes: False, mosaic=0.5)
     assert on_device.store.pixels.is_cuda and not on_device.gather
     assert in_host.store.pixels.is_pinned() and in_host.gather and in_host.copy_stream is not None
     for epoch in range(2):
@@ -102,9 +98,10 @@ def test_a_ddp_run_over_two_gpus_reports_each_card(tiny_data, tmp_path):
     assert [r["gpu"] for r in reports] == [0, 1] and reports[0]["epoch"] == reports[1]["epoch"]
 
 
-def test_a_batch_that_does_not_fit_beside_a_blocker_ends_before_the_clock_naming_one_that_does(tiny_data, tmp_path):
-    """The memory plan on CUDA, with 4 GiB of the card left free by another process: BATCH = 256 at 640 px ends
-    before the first step, and the batch its line names then trains, as itself."""
+def test_a_batch_that_does_not_fit_beside_a_blocker_ends_before_the_clock_naming_one_that_does(tiny_data,
+                                                                                               tmp_path):
+    """The memory plan on CUDA, with 4 GiB of the card left free by another process: BATCH = 256 at 640 px
+    ends before the first step, and the batch its line names then trains, as itself."""
     from bench_cards import card_with
     knobs = {"IMGSZ": "640", "BATCH": "256", "NBS": "256"}
     with card_with(4):

@@ -8,7 +8,6 @@ import functools
 import random
 import sys
 import threading
-from copy import copy
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,24 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # also run as a script
-from conftest import CACHE, assert_failed, make_repo, run_train, summary_of  # noqa: E402
-
-from harness import gpu_data, runtime, synthetic  # noqa: E402
+# also run as a script
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from conftest import CACHE, assert_failed, gpu_pipeline, make_repo, run_train, summary_of  # noqa: E402
+from harness import gpu_data, synthetic  # noqa: E402
 from harness.dataset import synthetic_dataset  # noqa: E402
 
 IMGSZ = 160
 SAMPLES = 512  # augmented images drawn from each pipeline
-
-
-def build(args, data_yaml, device="cpu"):
-    """Ultralytics' augmenting training dataset, and the GPU pipeline's over the same files (on device)."""
-    runtime.configure_ultralytics()
-    from ultralytics.data.build import build_yolo_dataset
-    from ultralytics.data.utils import check_det_dataset
-    data = check_det_dataset(str(data_yaml))
-    dataset = build_yolo_dataset(args, data["train"], 16, data, mode="train", stride=32)
-    return dataset, gpu_data.GpuDataset(dataset, copy(args), torch.device(device))
 
 
 def cfg(**overrides):
@@ -97,7 +86,7 @@ RELATIVE = {"boxes per image", "box width median", "box height median", "box wid
      "flipud": 0.5, "mixup": 0.5, "hsv_h": 0.1, "scale": 0.3},              # mixup and strong colour
 ], ids=["defaults", "no-mosaic-all-warps-mixup"])
 def test_gpu_batches_match_ultralytics_augmentation_statistically(stats_data, knobs):
-    dataset, gpu = build(cfg(**knobs), stats_data)
+    dataset, gpu = gpu_pipeline(cfg(**knobs), stats_data)
     ours = describe(*draw_gpu(gpu, SAMPLES))
     theirs = describe(*draw_ultralytics(dataset, SAMPLES))
     for key, tol in TOLERANCE.items():
@@ -106,7 +95,8 @@ def test_gpu_batches_match_ultralytics_augmentation_statistically(stats_data, kn
 
 
 def test_without_augmentation_the_image_is_letterboxed_and_boxes_stay_on_their_ships(stats_data):
-    _, gpu = build(cfg(mosaic=0.0, translate=0.0, scale=0.0, fliplr=0.0, hsv_h=0, hsv_s=0, hsv_v=0), stats_data)
+    _, gpu = gpu_pipeline(cfg(mosaic=0.0, translate=0.0, scale=0.0, fliplr=0.0, hsv_h=0, hsv_s=0, hsv_v=0),
+                   stats_data)
     batch = next(iter(gpu_data.GpuLoader(gpu, 8, 0)))
     i = int(batch["batch_idx"][0])
     src = cv2.imread(batch["im_file"][i])
@@ -117,11 +107,12 @@ def test_without_augmentation_the_image_is_letterboxed_and_boxes_stay_on_their_s
     inner = got[int(np.ceil(top)) + 1:int(top + h) - 1, int(np.ceil(left)) + 1:int(left + w) - 1]
     assert np.abs(inner.mean() - expected.mean()) < 3  # same pixels, up to the half-pixel centring
     x, y, bw, bh = batch["bboxes"][0].numpy() * IMGSZ
-    assert left <= x - bw / 2 and x + bw / 2 <= left + w + 1 and top <= y - bh / 2 and y + bh / 2 <= top + h + 1
+    assert (left <= x - bw / 2 and x + bw / 2 <= left + w + 1
+            and top <= y - bh / 2 and y + bh / 2 <= top + h + 1)
 
 
 def test_close_mosaic_turns_mosaic_and_mixup_off(stats_data):
-    _, gpu = build(cfg(mixup=1.0), stats_data)
+    _, gpu = gpu_pipeline(cfg(mixup=1.0), stats_data)
     rng = np.random.default_rng(0)
     assert (gpu.plan(np.arange(16), rng)["params"][:, 19] > 0).all()  # every image mixed
     gpu.close_mosaic(cfg())
@@ -133,28 +124,31 @@ def test_close_mosaic_turns_mosaic_and_mixup_off(stats_data):
 # ---------------------------------------------------------------------------
 # Every knob alone, against Ultralytics' own augmentation of the same images
 # ---------------------------------------------------------------------------
-# The statistics above mix every knob: one knob ignored or mis-scaled moves them less than their tolerance. Here
-# one knob at a time is on, the rest off, on images whose boxes are white squares of one class each: each image's
-# warp is then read exactly off its boxes, and the squares' pixels show where the image itself went. Both pipelines
-# draw images 0, 1, 2, ... as the dataset's j % len, so each one pairs with its plain (every knob off) self.
+# The statistics above mix every knob: one knob ignored or mis-scaled moves them less than their tolerance.
+# Here one knob at a time is on, the rest off, on images whose boxes are white squares of one class each: each
+# image's warp is then read exactly off its boxes, and the squares' pixels show where the image itself went.
+# Both pipelines draw images 0, 1, 2, ... as the dataset's j % len, so each one pairs with its plain (every
+# knob off) self.
 
 KNOB_IMGSZ = 96
 MARKERS = 6           # white squares per image, square k labelled class k
 MARKER_IMAGES = 24
 OFF = dict(mosaic=0.0, mixup=0.0, degrees=0.0, translate=0.0, scale=0.0, shear=0.0, perspective=0.0,
            fliplr=0.0, flipud=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)
-DEVICES = ["cpu", pytest.param("cuda:0", marks=pytest.mark.gpu)]  # the trainer's device: GpuDataset compares it
+# the trainer's device: GpuDataset compares it
+DEVICES = ["cpu", pytest.param("cuda:0", marks=pytest.mark.gpu)]
 
 
 def make_marker_data(root, side=10, seed=0):
-    """MARKER_IMAGES images (144 x 108, every other one upright) of a smooth colour gradient, MARKERS white squares
-    in their middle half, apart from each other."""
+    """MARKER_IMAGES images (144 x 108, every other one upright) of a smooth colour gradient, MARKERS white
+    squares in their middle half, apart from each other."""
     rng = np.random.default_rng(seed)
     for sub in ("images", "labels"):
         (root / sub).mkdir(parents=True)
     for i in range(MARKER_IMAGES):
         w, h = (144, 108) if i % 2 == 0 else (108, 144)
-        ends = np.stack([rng.uniform(0, 180, 2), rng.uniform(70, 140, 2), rng.uniform(90, 170, 2)], 1)  # cv2's HSV
+        ends = np.stack([rng.uniform(0, 180, 2), rng.uniform(70, 140, 2),
+                         rng.uniform(90, 170, 2)], 1)  # cv2's HSV
         ends = cv2.cvtColor(ends.astype(np.uint8)[None], cv2.COLOR_HSV2BGR)[0].astype(np.float32)
         a = rng.uniform(0, 2 * np.pi)
         y, x = np.mgrid[:h, :w]
@@ -188,9 +182,9 @@ def knob_cfg(**knobs):
 
 
 def draw_indexed(pipeline, n, pixels=True, batch=16):
-    """Images j = 0 .. n-1 (the dataset's j % len), seeded, from Ultralytics' dataset or a GpuDataset (which plans each
-    batch on the CPU and, with pixels, draws it on its device: with the Triton kernels on CUDA): (images [n, 3, S, S]
-    RGB on the CPU, or None; [(boxes [m, 4] xywh in pixels, classes [m])] per image)."""
+    """Images j = 0 .. n-1 (the dataset's j % len), seeded, from Ultralytics' dataset or a GpuDataset (which
+    plans each batch on the CPU and, with pixels, draws it on its device: with the Triton kernels on CUDA):
+    (images [n, 3, S, S] RGB on the CPU, or None; [(boxes [m, 4] xywh in pixels, classes [m])] per image)."""
     if not isinstance(pipeline, gpu_data.GpuDataset):
         random.seed(0), np.random.seed(0), torch.manual_seed(0)
         items = [pipeline[j % len(pipeline)] for j in range(n)]
@@ -200,22 +194,25 @@ def draw_indexed(pipeline, n, pixels=True, batch=16):
     for a in range(0, n, batch):
         p = pipeline.plan(pipeline.index[np.arange(a, min(a + batch, n)) % len(pipeline)], rng)
         if pixels:
-            imgs.append(pipeline.render(torch.as_tensor(p["tiles"]), torch.as_tensor(p["params"])).float().cpu())
-        draws += [(p["bboxes"][p["batch_idx"] == i] * KNOB_IMGSZ, p["cls"][p["batch_idx"] == i].ravel().astype(int))
+            imgs.append(pipeline.render(torch.as_tensor(p["tiles"]),
+                                        torch.as_tensor(p["params"])).float().cpu())
+        draws += [(p["bboxes"][p["batch_idx"] == i] * KNOB_IMGSZ,
+                   p["cls"][p["batch_idx"] == i].ravel().astype(int))
                   for i in range(min(batch, n - a))]
     return (torch.cat(imgs) if pixels else None), draws
 
 
 @functools.cache  # the plain draws serve many tests, and a GPU machine's cuda variants compare with the same
 def ultralytics_draws(data_yaml, n, pixels=True, **knobs):
-    """Ultralytics' images j = 0 .. n-1 with only these knobs on (draw_indexed); cached: do not modify them."""
-    return draw_indexed(build(knob_cfg(**knobs), data_yaml)[0], n, pixels)
+    """Ultralytics' images j = 0 .. n-1 with only these knobs on (draw_indexed); cached: do not modify
+    them."""
+    return draw_indexed(gpu_pipeline(knob_cfg(**knobs), data_yaml)[0], n, pixels)
 
 
 @functools.cache
 def gpu_draws(data_yaml, device, n, pixels=True, **knobs):
     """The GPU pipeline's images j = 0 .. n-1 with only these knobs on, on device (draw_indexed); cached."""
-    return draw_indexed(build(knob_cfg(**knobs), data_yaml, device)[1], n, pixels)
+    return draw_indexed(gpu_pipeline(knob_cfg(**knobs), data_yaml, device)[1], n, pixels)
 
 
 def both(device):
@@ -233,7 +230,8 @@ def by_class(draws):
 
 
 def has_boxes(draws, plain, flip=None, tol=0.5):
-    """Per image: its boxes are exactly its plain self's (to tol pixels), mirrored in x (flip=0) or y (flip=1)."""
+    """Per image: its boxes are exactly its plain self's (to tol pixels), mirrored in x (flip=0) or y
+    (flip=1)."""
     plain = plain.copy()
     if flip is not None:
         plain[..., flip] = KNOB_IMGSZ - plain[..., flip]
@@ -242,7 +240,8 @@ def has_boxes(draws, plain, flip=None, tol=0.5):
 
 
 def fitted_warps(draws, plain):
-    """Per image, the homography that takes its plain self's box centres to its own (both centred on the middle)."""
+    """Per image, the homography that takes its plain self's box centres to its own (both centred on the
+    middle)."""
     out = []
     for j, (boxes, cls) in enumerate(draws):
         assert len(cls) == len(set(cls)) >= 4, "a square went missing: keep the warps small enough"
@@ -267,15 +266,18 @@ def squares_off_their_boxes(imgs, draws):
 
 
 def assert_uniform_like_ultralytics(draws, value, what):
-    """draws {pipeline: [image, n]}, drawn uniformly in -value..value by Ultralytics: the GPU pipeline's spread
-    (value / sqrt(3)) and extent (the largest |x|: value, less value / images on average) match, column by column."""
+    """draws {pipeline: [image, n]}, drawn uniformly in -value..value by Ultralytics: the GPU pipeline's
+    spread (value / sqrt(3)) and extent (the largest |x|: value, less value / images on average) match, column
+    by column."""
     stats = {k: np.array([x.std(0), np.abs(x).max(0)]) for k, x in draws.items()}
-    assert np.allclose(stats["Ultralytics"], [[value / 3 ** 0.5], [value]], rtol=0.2)  # the statistic measures the knob
+    # the statistic measures the knob
+    assert np.allclose(stats["Ultralytics"], [[value / 3 ** 0.5], [value]], rtol=0.2)
     assert np.allclose(stats["GPU"][0], stats["Ultralytics"][0], rtol=0.2), f"{what}: spread {stats}"
     assert np.allclose(stats["GPU"][1], stats["Ultralytics"][1], rtol=0.1), f"{what}: extent {stats}"
 
 
-# knob: (value, what an image's fitted homography (from its plain self, centred) says of it, one column per axis)
+# knob: (value, what an image's fitted homography (from its plain self, centred) says of it, one column per
+# axis)
 WARPS = {
     "degrees": (20.0, lambda h: np.degrees(np.arctan2(h[:, 0, 1], h[:, 0, 0]))[:, None]),
     "shear": (10.0, lambda h: np.degrees(np.arctan(h[:, [0, 1], [1, 0]]))),  # x and y
@@ -288,7 +290,8 @@ WARPS = {
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("knob", list(WARPS))
 def test_a_warp_knob_alone_moves_boxes_and_pixels_as_far_as_in_ultralytics(marker_data, knob, device):
-    """Each image's warp, fitted to its boxes, is drawn as widely as Ultralytics draws it; its pixels went along."""
+    """Each image's warp, fitted to its boxes, is drawn as widely as Ultralytics draws it; its pixels went
+    along."""
     value, measure = WARPS[knob]
     warps = {}
     for name, draw in both(device):
@@ -311,7 +314,8 @@ def colour_changes(imgs, plain, knob):
     saturation or value changed, minus 1, against its plain self."""
     out = []
     for j, img in enumerate(imgs):
-        a, b = (cv2.cvtColor(x.permute(1, 2, 0).numpy() / 255, cv2.COLOR_RGB2HSV) for x in (plain[j % len(plain)], img))
+        a, b = (cv2.cvtColor(x.permute(1, 2, 0).numpy() / 255, cv2.COLOR_RGB2HSV)
+                for x in (plain[j % len(plain)], img))
         keep = (a[..., 1] > 0.15) & (a[..., 2] > 0.2)  # not the grey border, not the white squares
         if knob == "hsv_h":
             out.append(np.median((b[..., 0] - a[..., 0] + 180)[keep] % 360 - 180) / 360)  # degrees -> turns
@@ -324,7 +328,8 @@ def colour_changes(imgs, plain, knob):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("knob, value", [("hsv_h", 0.1), ("hsv_s", 0.5), ("hsv_v", 0.4)])
 def test_an_hsv_knob_alone_changes_colours_as_far_as_in_ultralytics(marker_data, knob, value, device):
-    """Each image's hue turn, or saturation or value gain, read off its pixels, is drawn as widely as Ultralytics'."""
+    """Each image's hue turn, or saturation or value gain, read off its pixels, is drawn as widely as
+    Ultralytics'."""
     changes = {}
     for name, draw in both(device):
         plain = draw(marker_data, n=MARKER_IMAGES)[0]
@@ -334,7 +339,8 @@ def test_an_hsv_knob_alone_changes_colours_as_far_as_in_ultralytics(marker_data,
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_mosaic_tiles_as_many_images_as_ultralytics_with_as_many_boxes(marker_data, device):
-    """A plain image keeps its own boxes; a mosaic shows as many squares of its four tiles as Ultralytics' do."""
+    """A plain image keeps its own boxes; a mosaic shows as many squares of its four tiles as Ultralytics'
+    do."""
     seen = {}
     for name, draw in both(device):
         plain = by_class(draw(marker_data, n=MARKER_IMAGES, pixels=False)[1])
@@ -367,11 +373,13 @@ def test_mixup_blends_as_many_images_as_ultralytics_half_and_half(marker_data, d
         plain = by_class(plain)
         _, draws = draw(marker_data, n=512, pixels=False, mixup=0.5)
         mixed = np.array([len(c) == 2 * MARKERS for _, c in draws])
-        assert (has_boxes([(b[:MARKERS], c[:MARKERS]) for b, c in draws], plain) | ~mixed).all()  # own boxes first
+        # own boxes first
+        assert (has_boxes([(b[:MARKERS], c[:MARKERS]) for b, c in draws], plain) | ~mixed).all()
         assert ((np.array([len(c) for _, c in draws]) == MARKERS) | mixed).all()
         share[name] = mixed.mean()
         ratio[name] = blend_ratios(*draw(marker_data, n=64, mixup=0.5), plain, plain_imgs)
-        assert ((0.25 < ratio[name]) & (ratio[name] < 0.75)).all(), name  # Beta(32, 32): 0.5, give or take 0.06
+        # Beta(32, 32): 0.5, give or take 0.06
+        assert ((0.25 < ratio[name]) & (ratio[name] < 0.75)).all(), name
     assert abs(share["Ultralytics"] - 0.5) < 0.1
     assert abs(share["GPU"] - share["Ultralytics"]) < 0.1, f"share of blended images {share}"
     assert abs(ratio["GPU"].mean() - ratio["Ultralytics"].mean()) < 0.05, f"blend ratios {ratio}"
@@ -380,7 +388,8 @@ def test_mixup_blends_as_many_images_as_ultralytics_half_and_half(marker_data, d
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("knob, axis", [("fliplr", 0), ("flipud", 1)])
 def test_a_flip_knob_mirrors_as_many_images_as_ultralytics(marker_data, knob, axis, device):
-    """Each image's boxes are its plain self's, or mirrored on that axis; as many mirrored as in Ultralytics."""
+    """Each image's boxes are its plain self's, or mirrored on that axis; as many mirrored as in
+    Ultralytics."""
     share = {}
     for name, draw in both(device):
         plain = by_class(draw(marker_data, n=MARKER_IMAGES, pixels=False)[1])
@@ -395,9 +404,10 @@ def test_a_flip_knob_mirrors_as_many_images_as_ultralytics(marker_data, knob, ax
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("knob, axis", [("fliplr", 0), ("flipud", 1)])
 def test_a_flip_knob_at_one_mirrors_every_box_and_pixel(marker_data, knob, axis, device):
-    """Same seed, the knob at 1 against 0, every other knob on: the same images, mirrored, like Ultralytics'."""
-    knobs = dict(mosaic=1.0, mixup=0.5, degrees=10.0, shear=3.0, translate=0.1, scale=0.3, hsv_h=0.05, hsv_s=0.5,
-                 hsv_v=0.4)
+    """Same seed, the knob at 1 against 0, every other knob on: the same images, mirrored, like
+    Ultralytics'."""
+    knobs = dict(mosaic=1.0, mixup=0.5, degrees=10.0, shear=3.0, translate=0.1, scale=0.3, hsv_h=0.05,
+                 hsv_s=0.5, hsv_v=0.4)
     for name, draw in both(device):
         imgs, draws = draw(marker_data, n=16, **knobs)
         flipped, flipped_draws = draw(marker_data, n=16, **knobs, **{knob: 1.0})
@@ -407,27 +417,31 @@ def test_a_flip_knob_at_one_mirrors_every_box_and_pixel(marker_data, knob, axis,
             mirror[:, axis] = KNOB_IMGSZ - b[:, axis]
             assert np.abs(fb - mirror).max() < 1e-3, name
         diff = (flipped - imgs.flip(3 - axis)).abs()
-        assert diff.mean() < 0.05 and (diff > 1).float().mean() < 0.001, name  # a sample on a tile's seam may flip
+        # a sample on a tile's seam may flip
+        assert diff.mean() < 0.05 and (diff > 1).float().mean() < 0.001, name
 
 
 def test_the_trainers_close_mosaic_leaves_plain_images_in_both_pipelines(marker_data):
-    """Ultralytics' trainer calls its train loader's dataset.close_mosaic(hyp) for the last CLOSE_MOSAIC epochs."""
+    """Ultralytics' trainer calls its train loader's dataset.close_mosaic(hyp) for the last CLOSE_MOSAIC
+    epochs."""
     from ultralytics.engine.trainer import BaseTrainer
     args = knob_cfg(mosaic=1.0, mixup=1.0)
-    dataset, gpu = build(args, marker_data)
+    dataset, gpu = gpu_pipeline(args, marker_data)
     loaders = SimpleNamespace(dataset=dataset), gpu_data.GpuLoader(gpu, 16, 0)
     for (name, draw), loader in zip(both("cpu"), loaders):
         plain = by_class(draw(marker_data, n=MARKER_IMAGES, pixels=False)[1])
-        assert not has_boxes(draw_indexed(loader.dataset, 32, pixels=False)[1], plain).any(), name  # all mosaics
+        # all mosaics
+        assert not has_boxes(draw_indexed(loader.dataset, 32, pixels=False)[1], plain).any(), name
         BaseTrainer._close_dataloader_mosaic(SimpleNamespace(train_loader=loader, args=args))
         assert has_boxes(draw_indexed(loader.dataset, 32, pixels=False)[1], plain).all(), name
 
 
 @pytest.mark.parametrize("knobs", [{}, {"mosaic": 0.5, "degrees": 20.0, "shear": 5.0, "perspective": 0.0005,
-                                          "flipud": 0.5, "mixup": 0.5, "hsv_h": 0.1}], ids=["defaults", "all-knobs"])
+                                          "flipud": 0.5, "mixup": 0.5, "hsv_h": 0.1}],
+                         ids=["defaults", "all-knobs"])
 def test_the_triton_renderer_draws_what_the_torch_renderer_draws(stats_data, knobs, monkeypatch):
     """The GPU runs the Triton kernels; here Triton's interpreter runs them on the CPU."""
-    _, gpu = build(cfg(**knobs), stats_data)
+    _, gpu = gpu_pipeline(cfg(**knobs), stats_data)
     plan = gpu.plan(gpu.index[:12], np.random.default_rng(0))
     tiles, params = torch.as_tensor(plan["tiles"]), torch.as_tensor(plan["params"])
     monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -453,24 +467,27 @@ def resized_store(dataset):
 
 
 def test_images_are_stored_at_their_own_size_with_the_long_side_capped_at_imgsz(stats_data):
-    dataset, gpu = build(cfg(imgsz=320), stats_data)
+    dataset, gpu = gpu_pipeline(cfg(imgsz=320), stats_data)
     own = np.array([cv2.imread(f).shape[:2] for f in dataset.im_files])
     table = gpu.store.table.numpy()
-    stored, resized = table[:, [gpu_data.M_STORED_H, gpu_data.M_STORED_W]], table[:, [gpu_data.M_H, gpu_data.M_W]]
+    stored, resized = (table[:, [gpu_data.M_STORED_H, gpu_data.M_STORED_W]],
+                       table[:, [gpu_data.M_H, gpu_data.M_W]])
     small = own.max(1) <= 320
     assert 0 < small.sum() < len(own)  # the test sees both kinds
     assert (stored[small] == own[small]).all() and (stored[~small] == resized[~small]).all()
     assert (resized.max(1) == 320).all() and (resized == gpu.sizes).all()
-    assert gpu.store.nbytes == (stored.prod(1) * 3).sum() < resized_store(dataset).nbytes < len(own) * 320 * 320 * 3
+    assert (gpu.store.nbytes == (stored.prod(1) * 3).sum() < resized_store(dataset).nbytes
+            < len(own) * 320 * 320 * 3)
 
 
 @pytest.mark.parametrize("knobs", [{}, {"mosaic": 0.5, "degrees": 20.0, "shear": 5.0, "perspective": 0.0005,
-                                          "flipud": 0.5, "mixup": 0.5, "hsv_h": 0.1}], ids=["defaults", "all-knobs"])
+                                          "flipud": 0.5, "mixup": 0.5, "hsv_h": 0.1}],
+                         ids=["defaults", "all-knobs"])
 def test_images_at_their_own_size_draw_the_batches_that_resized_ones_drew(stats_data, knobs):
-    """The warp resizes a small image as it samples it: the same choices give the same batches as a store of images
-    resized beforehand, as Ultralytics resizes them (its statistics within the tolerances above, pixel by pixel
-    within half a grey level on average)."""
-    dataset, gpu = build(cfg(imgsz=320, **knobs), stats_data)
+    """The warp resizes a small image as it samples it: the same choices give the same batches as a store of
+    images resized beforehand, as Ultralytics resizes them (its statistics within the tolerances above, pixel
+    by pixel within half a grey level on average)."""
+    dataset, gpu = gpu_pipeline(cfg(imgsz=320, **knobs), stats_data)
     rng = np.random.default_rng(0)
     plans = [gpu.plan(gpu.index[a:a + 16], rng) for a in range(0, len(gpu), 16)]
     draws = {}
@@ -488,7 +505,7 @@ def test_images_at_their_own_size_draw_the_batches_that_resized_ones_drew(stats_
 
 def test_images_stored_at_their_resized_size_sample_the_same_as_padded_tiles(stats_data):
     """The CPU's faster path (grid_sample over padded tiles) draws what the general one draws."""
-    dataset, gpu = build(cfg(mosaic=0.5, degrees=20.0), stats_data)
+    dataset, gpu = gpu_pipeline(cfg(mosaic=0.5, degrees=20.0), stats_data)
     store = resized_store(dataset)
     p = gpu.plan(gpu.index[:12], np.random.default_rng(0))
     tiles, params = torch.as_tensor(p["tiles"]), torch.as_tensor(p["params"])
@@ -497,10 +514,10 @@ def test_images_stored_at_their_resized_size_sample_the_same_as_padded_tiles(sta
 
 
 def test_with_every_knob_off_a_small_image_is_scaled_up_as_ultralytics_scales_it(marker_data):
-    """The marker images (144 x 108) at imgsz 192: Ultralytics resizes them up before it letterboxes them, the GPU
-    pipeline draws the resize in its warp. The same boxes, and the same pixels to within two grey levels (one
-    bilinear sample where Ultralytics takes two in a row)."""
-    dataset, gpu = build(cfg(imgsz=192, **OFF), marker_data)
+    """The marker images (144 x 108) at imgsz 192: Ultralytics resizes them up before it letterboxes them, the
+    GPU pipeline draws the resize in its warp. The same boxes, and the same pixels to within two grey levels
+    (one bilinear sample where Ultralytics takes two in a row)."""
+    dataset, gpu = gpu_pipeline(cfg(imgsz=192, **OFF), marker_data)
     theirs = torch.stack([dataset[j]["img"] for j in range(8)]).float()
     their_boxes = [dataset[j]["bboxes"].numpy() for j in range(8)]
     p = gpu.plan(gpu.index[:8], np.random.default_rng(0))
@@ -512,7 +529,7 @@ def test_with_every_knob_off_a_small_image_is_scaled_up_as_ultralytics_scales_it
 
 
 def test_batches_are_planned_off_the_training_thread_in_seed_order(stats_data):
-    _, gpu = build(cfg(), stats_data)
+    _, gpu = gpu_pipeline(cfg(), stats_data)
     planners, plan = [], gpu.plan
     gpu.plan = lambda idx, rng: planners.append(threading.current_thread()) or plan(idx, rng)
     epochs = [[b["im_file"] + [b["bboxes"]] for b in gpu_data.GpuLoader(gpu, 16, seed=0)] for _ in range(2)]
@@ -524,7 +541,7 @@ def test_batches_are_planned_off_the_training_thread_in_seed_order(stats_data):
 
 def test_images_kept_in_host_memory_give_the_same_batches(stats_data):
     """Images that do not fit on the GPU stay in host memory: each batch's distinct tiles travel instead."""
-    _, gpu = build(cfg(mosaic=0.5), stats_data)
+    _, gpu = gpu_pipeline(cfg(mosaic=0.5), stats_data)
     on_device = [b["img"] for b in gpu_data.GpuLoader(gpu, 16, seed=0)]
     gpu.gather = True  # what a GPU too small for the images and the model sets (the copy itself needs CUDA)
     gathered = [b["img"] for b in gpu_data.GpuLoader(gpu, 16, seed=0)]
@@ -535,7 +552,7 @@ def test_images_kept_in_host_memory_give_the_same_batches(stats_data):
 
 
 def test_ddp_ranks_split_each_epoch_into_whole_batches(stats_data):
-    _, gpu = build(cfg(), stats_data)
+    _, gpu = gpu_pipeline(cfg(), stats_data)
     seen = []
     for rank in (0, 1):  # 60 images, 2 ranks of 5 batches of 7: the first 10 again to fill the last batches
         loader = gpu_data.GpuLoader(gpu, 7, seed=0, rank=rank, world_size=2)
@@ -547,7 +564,8 @@ def test_ddp_ranks_split_each_epoch_into_whole_batches(stats_data):
     assert set(seen[0]) | set(seen[1]) == set(gpu.dataset.im_files)
 
 
-@pytest.mark.parametrize("knob", ["copy_paste=0.5", "cutmix=0.5", "bgr=0.5", "rect=True"])  # prepare.GPU_UNSUPPORTED
+# prepare.GPU_UNSUPPORTED
+@pytest.mark.parametrize("knob", ["copy_paste=0.5", "cutmix=0.5", "bgr=0.5", "rect=True"])
 def test_a_knob_the_gpu_pipeline_lacks_is_refused_at_start(tiny_data, tmp_path, knob):
     repo = make_repo(tmp_path, call_extra=knob)
     rc, log = run_train(repo, tiny_data / "data.yaml")
@@ -568,14 +586,15 @@ def test_a_real_run_trains_with_the_gpu_pipeline_on_and_off(tiny_data, tmp_path,
 def save_comparison(out_path, data_yaml=None, n=8):
     """Ultralytics' augmented images (top row) above the GPU pipeline's (bottom row), boxes drawn."""
     data_yaml = data_yaml or synthetic_dataset()
-    dataset, gpu = build(cfg(imgsz=320), data_yaml)
+    dataset, gpu = gpu_pipeline(cfg(imgsz=320), data_yaml)
     rows = []
     for imgs, boxes in (draw_ultralytics(dataset, n), draw_gpu(gpu, n, batch=n)):
         tiles = []
         for img, bb in zip(imgs, boxes):
             tile = np.ascontiguousarray(img.permute(1, 2, 0).numpy()[..., ::-1]).astype(np.uint8)
             for x, y, w, h in bb * 320:
-                cv2.rectangle(tile, (int(x - w / 2), int(y - h / 2)), (int(x + w / 2), int(y + h / 2)), (0, 0, 255), 1)
+                cv2.rectangle(tile, (int(x - w / 2), int(y - h / 2)), (int(x + w / 2), int(y + h / 2)),
+                              (0, 0, 255), 1)
             tiles.append(tile)
         rows.append(np.concatenate(tiles, 1))
     cv2.imwrite(str(out_path), np.concatenate(rows, 0), [cv2.IMWRITE_JPEG_QUALITY, 80])

@@ -6,13 +6,15 @@ import sys
 
 from conftest import REPO
 
-MODULES = ["common", "runtime", "dataset", "synthetic", "gpu_data", "device", "ddp", "progress", "supervisor", "validation"]
+MODULES = ["common", "runtime", "dataset", "synthetic", "gpu_data", "device", "ddp", "progress", "supervisor",
+           "validation", "cli", "memory"]
 
 
 def test_the_harness_is_a_leaf_that_does_nothing_at_import():
     code = f"""
 import json, os, sys
-def ours(): return {{k: v for k, v in os.environ.items() if k.startswith(("YOLO_", "MPLCONFIGDIR", "AUTORESEARCH_"))}}
+def ours():
+    return {{k: v for k, v in os.environ.items() if k.startswith(("YOLO_", "MPLCONFIGDIR", "AUTORESEARCH_"))}}
 before = ours()
 for m in {MODULES!r}:
     __import__("harness." + m)
@@ -25,6 +27,7 @@ print(json.dumps({{"imported": sorted({{"prepare", "ultralytics", "torch"}} & se
 
 
 def test_the_contract_and_the_machinery_stay_small():
-    assert len((REPO / "prepare.py").read_text().splitlines()) <= 500
+    read_by_the_agent = ("README.md", "program.md", "prepare.py", "train.py")
+    assert sum(len((REPO / name).read_bytes()) for name in read_by_the_agent) <= 60_000
     for path in (REPO / "harness").glob("*.py"):
         assert len(path.read_text().splitlines()) <= 700, path

@@ -10,12 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from conftest import assert_failed, make_repo, run_train, summary_of
+from conftest import assert_failed, make_repo, run_train, snapshot, summary_of
 from harness.dataset import check_dataset
-
-
-def snapshot(folder):
-    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).rglob("*")}
 
 
 def disk_use(folder):
@@ -23,7 +19,8 @@ def disk_use(folder):
 
 
 def git(repo, *args):
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=300).stdout
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True,
+                          timeout=300).stdout
 
 
 def test_nan_loss_stops_the_run_at_once(tiny_data, tmp_path):
@@ -42,8 +39,8 @@ def test_a_run_that_overruns_is_stopped_by_the_harness(tiny_data, tmp_path):
 
 
 def test_a_slow_machine_gets_its_last_step_on_top_of_the_grace(tiny_data, tmp_path):
-    # Steps of 45 s (a CPU at 640 px takes 100): the second starts 2 s before the budget ends and finishes 43 s
-    # after it, past END_ALLOWANCE; the limit allows the longest step seen on top, so the run ends well.
+    # Steps of 45 s (a CPU at 640 px takes 100): the second starts 2 s before the budget ends and finishes
+    # 43 s after it, past END_ALLOWANCE; the limit allows the longest step seen on top, so the run ends well.
     slow = "import time\nmodel.add_callback('on_train_batch_start', lambda t: time.sleep(45))"
     repo = make_repo(tmp_path, before_train=slow)
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=47, timeout=400)

@@ -1,8 +1,8 @@
 """The supervisor: train.py's own process runs train.py again as a child, holds the budget, validates best.pt
-itself and prints the last lines. Each test edits a copy of train.py the way an agent might, to move the metric
-or to end a run without an `error:` line, and asserts one of two outcomes: the run ends with an `error:` line, no
-`fitness:` line and a non-zero exit; or what the edit tried to change did not change (the metric, or anything
-outside the run folder)."""
+itself and prints the last lines. Each test edits a copy of train.py the way an agent might, to move the
+metric or to end a run without an `error:` line, and asserts one of two outcomes: the run ends with an
+`error:` line, no `fitness:` line and a non-zero exit; or what the edit tried to change did not change (the
+metric, or anything outside the run folder)."""
 
 import json
 import os
@@ -16,8 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (EASY_BUDGET, EASY_KNOBS, EASY_MAP_FLOOR, REPO, assert_failed, make_repo, run_train,
-                      seed_grep, summary_of)
+from conftest import (
+    EASY_BUDGET,
+    EASY_KNOBS,
+    EASY_MAP_FLOOR,
+    REPO,
+    assert_failed,
+    make_repo,
+    run_train,
+    seed_grep,
+    snapshot,
+    summary_of,
+)
 
 VALIDATE = """
 import json, sys
@@ -25,23 +35,19 @@ import prepare
 from harness import runtime
 runtime.configure_ultralytics()
 from ultralytics import YOLO
-m = YOLO(sys.argv[1]).val(data=sys.argv[2], split="val", device="cpu", plots=False, project=sys.argv[3], name="v")
+m = YOLO(sys.argv[1]).val(data=sys.argv[2], split="val", device="cpu", plots=False, project=sys.argv[3],
+                          name="v")
 print("METRICS " + json.dumps({k: float(v) for k, v in m.results_dict.items()}))
 """
 
 
 def validate_independently(repo, data_yaml, tmp_path):
     """Ultralytics' own validation of the run's best.pt with its default settings, in a process of its own."""
-    out = subprocess.run([sys.executable, "-c", VALIDATE, str(repo / "run" / "weights" / "best.pt"), str(data_yaml),
-                          str(tmp_path / "validation")], cwd=repo, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", VALIDATE, str(repo / "run" / "weights" / "best.pt"),
+                          str(data_yaml), str(tmp_path / "validation")],
+                         cwd=repo, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(next(line[8:] for line in out.stdout.splitlines() if line.startswith("METRICS ")))
-
-
-def snapshot(*folders):
-    """Every file below the folders, with its size and mtime; a run folder's contents left out."""
-    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for folder in folders for p in Path(folder).rglob("*")
-            if p.is_file() and "run" not in p.relative_to(folder).parts[:1]}
 
 
 def edited(repo, old, new):
@@ -85,7 +91,8 @@ def test_weights_an_earlier_run_trained_are_refused_whatever_their_metadata_says
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
     assert rc == 0, log[-3000:]
     (repo / "weights").mkdir()
-    trained = shutil.copy(repo / "run" / "weights" / "best.pt", tmp_path / "trained.pt")  # run/ is emptied next
+    # run/ is emptied next
+    trained = shutil.copy(repo / "run" / "weights" / "best.pt", tmp_path / "trained.pt")
     for how in ("strip", "rewrite"):  # train_args removed; train_args naming another dataset, float32 weights
         subprocess.run([sys.executable, "-c", RELABEL, str(trained),
                         str(repo / "weights" / "yolo11n.pt"), how], check=True, timeout=120)
@@ -99,7 +106,8 @@ def test_training_from_such_weights_behind_starts_back_is_refused_after_the_run(
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
     assert rc == 0, log[-3000:]
     shutil.copy(repo / "run" / "weights" / "best.pt", tmp_path / "mine.pt")
-    edited(repo, "model = YOLO(run.weights)", f"model = YOLO({str(tmp_path / 'mine.pt')!r})")  # start() not asked
+    # start() not asked
+    edited(repo, "model = YOLO(run.weights)", f"model = YOLO({str(tmp_path / 'mine.pt')!r})")
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
     assert "which this harness trained" in assert_failed(rc, log, "error: training started from ")
 
@@ -110,7 +118,8 @@ def test_each_checkout_keeps_its_own_ultralytics_settings(tmp_path):
             "print(json.dumps([SETTINGS[k] for k in ('runs_dir', 'weights_dir', 'datasets_dir')]))")
     for name in ("one", "two"):
         repo = make_repo(tmp_path, name=name)
-        out = subprocess.run([sys.executable, "-c", show], cwd=repo, capture_output=True, text=True, timeout=300)
+        out = subprocess.run([sys.executable, "-c", show], cwd=repo, capture_output=True, text=True,
+                             timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
         cache = Path(os.environ["AUTORESEARCH_CACHE"])
         assert json.loads(out.stdout.splitlines()[-1]) == [str(repo / "run"), str(repo / "weights"),
@@ -127,14 +136,16 @@ AGAIN = ("model.train(trainer=prepare.Trainer, data=run.data, time=TIME_BUDGET /
 @pytest.mark.parametrize("where", ["after_train", "before_train"])
 def test_a_second_training_ends_the_run(tiny_data, tmp_path, where):
     # "progressive resizing": a first training at another size, then the real one, continued from it
-    first = AGAIN if where == "after_train" else "model.train(data=run.data, epochs=1, imgsz=32, batch=4, workers=0)"
+    first = (AGAIN if where == "after_train"
+             else "model.train(data=run.data, epochs=1, imgsz=32, batch=4, workers=0)")
     repo = make_repo(tmp_path, **{where: first})
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
     assert_failed(rc, log, "error: train.py started a second training")
 
 
 def test_a_budget_stretched_from_inside_is_stopped_by_the_supervisor(tiny_data, tmp_path):
-    stretch = ("prepare.END_ALLOWANCE = prepare.SETUP_LIMIT = 1e9\n"  # the supervisor's own limits are not these
+    # the supervisor's own limits are not these
+    stretch = ("prepare.END_ALLOWANCE = prepare.SETUP_LIMIT = 1e9\n"
                "model.add_callback('on_train_start', lambda t: setattr(t.args, 'time', 1.0))")
     repo = make_repo(tmp_path, before_train=stretch)
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
@@ -158,13 +169,13 @@ def test_a_patched_budget_past_the_guard_is_stopped_on_the_supervisors_clock(tin
     assert "past the limit of" in last and "(the time budget 1 s, the longest step " in last
 
 
-# A first training before the real one, by Ultralytics' own trainer, its reports to the supervisor cut: 20 s of
-# training outside the clock (a hand-written loop looks the same to the supervisor).
+# A first training before the real one, by Ultralytics' own trainer, its reports to the supervisor cut: 20 s
+# of training outside the clock (a hand-written loop looks the same to the supervisor).
 HIDDEN_FIRST_TRAINING = """
 from ultralytics.engine.trainer import BaseTrainer
 report, BaseTrainer.run_callbacks = BaseTrainer.run_callbacks, lambda self, event: None
-YOLO("yolo11n.yaml").train(data=run.data, time=20 / 3600, imgsz=32, batch=4, workers=0, device="cpu", val=False,
-                           plots=False, project=str(prepare.RUN_DIR), name="hidden")
+YOLO("yolo11n.yaml").train(data=run.data, time=20 / 3600, imgsz=32, batch=4, workers=0, device="cpu",
+                           val=False, plots=False, project=str(prepare.RUN_DIR), name="hidden")
 BaseTrainer.run_callbacks = report
 """
 
@@ -173,7 +184,8 @@ def test_training_outside_the_clock_before_model_train_is_stopped(tiny_data, tmp
     repo = make_repo(tmp_path, before_train=HIDDEN_FIRST_TRAINING)
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
     last = assert_failed(rc, log, "error: train.py's own code ran ")
-    assert re.match(r"error: train.py's own code ran 1[56] s outside the training clock \(limit 15 s", last), last
+    assert re.match(r"error: train.py's own code ran 1[56] s outside the training clock \(limit 15 s",
+                    last), last
 
 # ---------------------------------------------------------------------------
 # Evaluation changed, then hidden: the metric is the supervisor's own validation
@@ -191,12 +203,14 @@ model.trainer.args.conf = None
 
 def test_evaluation_changed_and_hidden_does_not_move_the_metric(easy_data, tmp_path):
     repo = make_repo(tmp_path, knobs={**EASY_KNOBS, "VAL": "True"}, after_train=HIDE,
-                     before_train="model.add_callback('on_val_start', lambda v: setattr(v.args, 'conf', 0.9))")
+                     before_train="model.add_callback('on_val_start', "
+                                  "lambda v: setattr(v.args, 'conf', 0.9))")
     rc, log = run_train(repo, easy_data / "data.yaml", budget=EASY_BUDGET)
     assert rc == 0, log[-3000:]
     honest = validate_independently(repo, easy_data / "data.yaml", tmp_path)
     summary = summary_of(log)
-    assert EASY_MAP_FLOOR < honest["metrics/mAP50-95(B)"] < 1.0  # it learned, and nothing above faked a perfect score
+    # it learned, and nothing above faked a perfect score
+    assert EASY_MAP_FLOOR < honest["metrics/mAP50-95(B)"] < 1.0
     assert float(summary["fitness"]) == pytest.approx(honest["metrics/mAP50-95(B)"], abs=1e-6)
     assert float(summary["map50"]) == pytest.approx(honest["metrics/mAP50(B)"], abs=1e-6)
 
@@ -219,13 +233,15 @@ DetectionTrainer.build_dataset = lambda self, path, mode="train", batch=None: bu
 def test_training_on_the_val_split_is_refused(tiny_data, tmp_path, gpu_data):
     repo = make_repo(tmp_path, knobs={"GPU_DATA": gpu_data}, before_train=TRAIN_ON_VAL)
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
-    last = assert_failed(rc, log, "error: train.py changed what gets evaluated: the training images (6 of 6 read "
-                                  f"from outside the train split {(tiny_data / 'train' / 'images').resolve()}, e.g. ")
+    last = assert_failed(rc, log, "error: train.py changed what gets evaluated: the training images "
+                                  "(6 of 6 read from outside the train split "
+                                  f"{(tiny_data / 'train' / 'images').resolve()}, e.g. ")
     assert "/valid/images/" in last
 
 
 def test_best_pt_changed_after_finish_is_refused(tiny_data, tmp_path):
-    swap = ("import torch; p = prepare.RUN_DIR / 'weights' / 'best.pt'; c = torch.load(p, weights_only=False); "
+    swap = ("import torch; p = prepare.RUN_DIR / 'weights' / 'best.pt'; "
+            "c = torch.load(p, weights_only=False); "
             "next(c['ema'].parameters()).data += 1; torch.save(c, p)")
     repo = edited(make_repo(tmp_path), "prepare.finish(model)", f"prepare.finish(model)\n{swap}")
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
@@ -255,8 +271,9 @@ def test_the_first_statement_of_train_py_is_import_prepare(tmp_path, above, ok):
 
 
 def test_code_above_import_prepare_ends_the_run_before_the_supervisor_starts(tiny_data, tmp_path):
-    repo = edited(make_repo(tmp_path), "import prepare  #", 'import os; os.environ["AUTORESEARCH_CHILD"] = "1"\n'
-                                                          "import prepare  #")
+    repo = edited(make_repo(tmp_path), "import prepare  #",
+                  'import os; os.environ["AUTORESEARCH_CHILD"] = "1"\n'
+                  "import prepare  #")
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
     assert_failed(rc, log, f"error: {repo / 'train.py'} line 12: `import os` runs before `import prepare`")
     assert not (repo / "run").exists()
@@ -265,13 +282,15 @@ def test_code_above_import_prepare_ends_the_run_before_the_supervisor_starts(tin
 def test_a_run_that_says_it_is_the_child_without_the_supervisors_pipe_ends_at_once(tiny_data, tmp_path):
     repo = make_repo(tmp_path)
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1, env={"AUTORESEARCH_CHILD": "1"})
-    assert "without its report pipe" in assert_failed(rc, log, "error: train.py runs as the supervisor's child ")
+    assert "without its report pipe" in assert_failed(rc, log,
+                                                      "error: train.py runs as the supervisor's child ")
     assert not (repo / "run").exists()
 
 
 def test_the_supervisors_lines_go_past_a_patched_print_and_stdout(tmp_path):
     script = ("import builtins, io, sys\nfrom harness import supervisor\n"
-              "builtins.print = lambda *a, **k: None\nsys.stdout = io.StringIO()\nsupervisor.say('fitness: 0.5')")
+              "builtins.print = lambda *a, **k: None\nsys.stdout = io.StringIO()\n"
+              "supervisor.say('fitness: 0.5')")
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.stdout == "fitness: 0.5\n", out.stderr
 
@@ -358,7 +377,8 @@ def test_sigterm_before_training_ends_with_one_error_line_and_leaves_no_child(ti
     env = {**os.environ, "AUTORESEARCH_TIME_BUDGET": "5", "YOLO_DATA": str(tiny_data / "data.yaml")}
     log_path = repo / "run.log"
     with open(log_path, "w") as f:
-        proc = subprocess.Popen([sys.executable, "train.py"], cwd=repo, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "train.py"], cwd=repo, env=env, stdout=f,
+                                stderr=subprocess.STDOUT)
         try:
             deadline = time.time() + 300
             while "time budget:" not in log_path.read_text() and time.time() < deadline:
@@ -369,8 +389,8 @@ def test_sigterm_before_training_ends_with_one_error_line_and_leaves_no_child(ti
             proc.kill()
     log = log_path.read_text()
     assert_failed(rc, log, "error: interrupted")
-    ps = subprocess.run(["pgrep", "-f", f"{repo / 'train.py'}|^{sys.executable} train.py"], capture_output=True,
-                        text=True, cwd=repo)
+    ps = subprocess.run(["pgrep", "-f", f"{repo / 'train.py'}|^{sys.executable} train.py"],
+                        capture_output=True, text=True, cwd=repo)
     assert not [p for p in ps.stdout.split() if Path(f"/proc/{p}/cwd").resolve() == repo], ps.stdout
 
 # ---------------------------------------------------------------------------
@@ -399,14 +419,15 @@ def test_a_run_writes_only_its_run_folder_whatever_train_py_passes(dataset, tmp_
     edited(repo, "prepare.finish(model)", f"{validate}\nprepare.finish(model)")
     (repo / "weights").mkdir()
     assert run_train(repo, dataset / "data.yaml", budget=1)[0] == 0
-    before = snapshot(repo, dataset)
+    before = snapshot(repo, dataset, leave_out=("run",))
     for _ in range(2):
         rc, log = run_train(repo, dataset / "data.yaml", budget=1)
         assert rc == 0, log[-3000:]
-    assert snapshot(repo, dataset).keys() == before.keys()
-    assert {p: v for p, v in snapshot(repo, dataset).items() if p.name != "run.log"} == \
+    assert snapshot(repo, dataset, leave_out=("run",)).keys() == before.keys()
+    assert {p: v for p, v in snapshot(repo, dataset, leave_out=("run",)).items() if p.name != "run.log"} == \
         {p: v for p, v in before.items() if p.name != "run.log"}
-    assert (repo / "run" / "weights" / "best.pt").is_file() and summary_of(log)["run_dir"] == str(repo / "run")
+    assert ((repo / "run" / "weights" / "best.pt").is_file()
+            and summary_of(log)["run_dir"] == str(repo / "run"))
 
 # ---------------------------------------------------------------------------
 # Stopping: a child with DDP workers gets the time its own stop of them takes
@@ -416,7 +437,7 @@ STOPPING_CHILD = """
 import os, signal, sys, time
 sys.path.insert(0, {repo!r})
 from harness import supervisor
-supervisor.take_report_pipe()
+supervisor.take_report_pipe(os.path.join({repo!r}, "train.py"))
 def on_term(*_):  # as the harness's DDP parent does: torchrun waits for its workers, then it exits
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(supervisor.STOP_GRACE + 5)
@@ -442,4 +463,5 @@ def test_a_stopped_child_with_ddp_workers_gets_the_time_to_stop_them(tmp_path, d
     assert child.wait(lambda: child.first("train_start"), time.time() + 60)
     child.stop()
     child.finish()
-    assert marker.exists() == ddp  # without workers it is killed STOP_GRACE after SIGTERM, before its own stop ends
+    # without workers it is killed STOP_GRACE after SIGTERM, before its own stop ends
+    assert marker.exists() == ddp

@@ -73,7 +73,8 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(dataset, tmp_path):
     assert all_files(dataset.parent) == all_files(again.parent)
     a, b = all_files(dataset.parent), all_files(other.parent)
     assert not {p.name for p in a} & {p.name for p in b} - {"data.yaml"}, "names depend on the seed"
-    jpgs = lambda files: [v for k, v in files.items() if k.suffix == ".jpg"]  # sorted by index within a split
+    def jpgs(files):  # sorted by index within a split
+        return [v for k, v in files.items() if k.suffix == ".jpg"]
     assert all(x != y for x, y in zip(jpgs(a), jpgs(b)))
 
 
@@ -145,7 +146,8 @@ def test_losing_the_rename_race_keeps_the_winner(tmp_path, monkeypatch):
 
 def test_generation_works_after_cv2_was_used_in_this_process(tmp_path):
     # A forked worker inherits cv2's thread pool in a broken state and hangs; the pool must spawn. The process
-    # runs apart, in a session of its own with its pool's workers: a hang fails this test and leaves no process.
+    # runs apart, in a session of its own with its pool's workers: a hang fails this test and leaves no
+    # process.
     code = ("import numpy as np; from harness.synthetic import generate_synthetic, render_scene; "
             "render_scene(np.random.default_rng(0)); "
             f"generate_synthetic({str(tmp_path / 'after_cv2')!r}, {{'valid': 2}}, seed=0, workers=1)")

@@ -6,8 +6,17 @@ import sys
 
 import pytest
 
-from conftest import (EASY_BUDGET, EASY_KNOBS, EASY_MAP_FLOOR, REVALIDATE, assert_failed, make_repo,
-                      run_train, seed_grep, summary_of)
+from conftest import (
+    EASY_BUDGET,
+    EASY_KNOBS,
+    EASY_MAP_FLOOR,
+    REVALIDATE,
+    assert_failed,
+    make_repo,
+    run_train,
+    seed_grep,
+    summary_of,
+)
 
 SEED_KEYS = ["fitness_key", "fitness", "training_seconds", "total_seconds", "peak_vram_mb",
              "precision", "recall", "map50", "map50_95", "epoch"]
@@ -61,8 +70,8 @@ def default_run(tiny_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def easy_run(easy_data, tmp_path_factory):
-    """One real run on data that a short CPU run learns (conftest's easy_data): its metrics are well above 0, so
-    comparing them means something. best.pt is validated again in the child after training (REVALIDATE)."""
+    """One real run on data that a short CPU run learns (conftest's easy_data): its metrics are well above 0,
+    so comparing them means something. best.pt is validated again in the child after training (REVALIDATE)."""
     repo = make_repo(tmp_path_factory.mktemp("easy"), knobs=EASY_KNOBS, after_train=REVALIDATE)
     rc, log = run_train(repo, easy_data / "data.yaml", budget=EASY_BUDGET)
     assert rc == 0, log[-3000:]
@@ -77,7 +86,8 @@ def test_run_ends_with_the_seed_summary(easy_run):
         assert re.fullmatch(pattern, summary[key]), f"{key}: {summary[key]}"
     assert summary["fitness_key"] == "metrics/mAP50-95(B)"
     assert float(summary["map50_95"]) > EASY_MAP_FLOOR  # it learned: the comparison below is not 0 with 0
-    # fitness is mAP50-95 of the supervisor's validation: the same number as the child's own validation of best.pt
+    # fitness is mAP50-95 of the supervisor's validation: the same number as the child's own validation of
+    # best.pt
     assert summary["fitness"] == summary["map50_95"] == log.split("revalidated: ")[1].split()[0]
     import csv
     with open(repo / "run" / "results.csv") as f:  # VAL = False: no epoch was validated during training
@@ -99,7 +109,8 @@ def test_batch_follows_epoch_and_is_the_batch_train_py_names(default_run):
     assert keys[keys.index("epoch") + 1] == "batch" and summary["batch"] == "4"  # conftest's FAST_KNOBS
 
 
-# Where Ultralytics' out-of-memory retry would halve the batch: the first step of the first epoch raises CUDA's error.
+# Where Ultralytics' out-of-memory retry would halve the batch: the first step of the first epoch raises
+# CUDA's error.
 FIRST_STEP_OUT_OF_MEMORY = """
 Trainer, preprocess = prepare.Trainer, prepare.Trainer.preprocess_batch
 def out_of_memory_once(self, batch):
@@ -114,9 +125,10 @@ Trainer.preprocess_batch = out_of_memory_once
 def test_an_out_of_memory_step_ends_the_run_where_ultralytics_would_halve_the_batch(tiny_data, tmp_path):
     repo = make_repo(tmp_path, before_train=FIRST_STEP_OUT_OF_MEMORY)
     rc, log = run_train(repo, tiny_data / "data.yaml")
-    last = assert_failed(rc, log, "error: BATCH = 4 does not fit on the cpu: a training step ran out of memory in "
-                                  "the first epoch (Ultralytics would halve the batch")
-    assert "lower BATCH" in last and "Reducing to batch=2" in log  # Ultralytics' retry began, and went no further
+    last = assert_failed(rc, log, "error: BATCH = 4 does not fit on the cpu: a training step ran out of "
+                                  "memory in the first epoch (Ultralytics would halve the batch")
+    # Ultralytics' retry began, and went no further
+    assert "lower BATCH" in last and "Reducing to batch=2" in log
 
 
 def test_val_seconds_follows_batch_and_lies_outside_the_training_clock(default_run):
@@ -142,12 +154,14 @@ def test_summary_extras_say_what_ran(default_run):
     with open(repo.parent / "first-results.csv") as f:  # a row per epoch, with Ultralytics' training clock
         clock = [float(row["time"]) for row in csv.DictReader(f)]
     assert len(clock) == epochs
-    # training_seconds is that clock at the last optimizer step: before the last epoch's row (printed to 0.1 s)
+    # training_seconds is that clock at the last optimizer step: before the last epoch's row
+    # (printed to 0.1 s)
     assert training <= clock[-1] + 0.05, (clock, training)
     # the budget stops training: every epoch but the last ended within it
     assert all(t <= budget for t in clock[:-1]), clock
-    # and not before it ran out. Ultralytics stops when its clock passes the budget, or at the end of the epoch that
-    # its estimate (budget / mean epoch so far) calls the last: its clock then reads (epochs - 1) / epochs of it
+    # and not before it ran out. Ultralytics stops when its clock passes the budget, or at the end of the
+    # epoch that its estimate (budget / mean epoch so far) calls the last: its clock then reads
+    # (epochs - 1) / epochs of it
     by_time = training + 0.05 >= budget
     by_estimate = epochs > 1 and clock[-1] >= budget * (epochs - 1) / epochs
     assert by_time or by_estimate, (clock, training)
@@ -233,7 +247,8 @@ def test_guard_rejects_a_rewritten_dataset_yaml(tiny_data, tmp_path):
             "yaml.safe_dump(d, open(run.data, 'w'))")  # validate on the training images
     repo = make_repo(tmp_path, before_train=swap)
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
-    assert "its splits were rewritten" in assert_failed(rc, log, "error: train.py changed what gets evaluated: ")
+    assert "its splits were rewritten" in assert_failed(rc, log,
+                                                        "error: train.py changed what gets evaluated: ")
 
 
 def test_checkpoints_are_written_only_for_a_new_best_or_at_the_end(tiny_data, tmp_path):
@@ -246,7 +261,8 @@ def test_checkpoints_are_written_only_for_a_new_best_or_at_the_end(tiny_data, tm
     assert f"saved after epoch {epochs}" in log
 
 
-def test_with_val_every_epoch_the_epochs_are_validated_in_training_and_best_pt_again_after(tiny_data, tmp_path):
+def test_with_val_every_epoch_the_epochs_are_validated_in_training_and_best_pt_again_after(tiny_data,
+                                                                                          tmp_path):
     repo = make_repo(tmp_path, knobs={"VAL": "True"}, call_extra="patience=1000")
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=3)
     assert rc == 0, log[-3000:]
@@ -274,10 +290,12 @@ def test_bad_dataset_fails_before_training_and_keeps_the_last_run(default_run, t
 
 def test_sigterm_ends_with_an_error_line_and_next_run_works(tiny_data, tmp_path):
     repo = make_repo(tmp_path)
-    env = {**__import__("os").environ, "AUTORESEARCH_TIME_BUDGET": "60", "YOLO_DATA": str(tiny_data / "data.yaml")}
+    env = {**__import__("os").environ, "AUTORESEARCH_TIME_BUDGET": "60",
+           "YOLO_DATA": str(tiny_data / "data.yaml")}
     log_path = repo / "run.log"
     with open(log_path, "w") as f:
-        proc = subprocess.Popen([sys.executable, "train.py"], cwd=repo, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "train.py"], cwd=repo, env=env, stdout=f,
+                                stderr=subprocess.STDOUT)
         for _ in range(600):
             if "Starting training" in log_path.read_text() or proc.poll() is not None:
                 break
@@ -297,10 +315,11 @@ def test_a_second_sigterm_does_not_interrupt_the_way_out(tmp_path):
               "try:\n    os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n"
               "except KeyboardInterrupt:\n    os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2)\n"
               "    print('unwound')\n    raise\n")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=make_repo(tmp_path), capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=make_repo(tmp_path), capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode != 0
-    assert proc.stdout.splitlines()[-2:] == ["unwound", "error: interrupted (SIGINT or SIGTERM) before the run "
+    assert proc.stdout.splitlines()[-2:] == ["unwound",
+                                             "error: interrupted (SIGINT or SIGTERM) before the run "
                                              "finished; the next run starts clean"], proc.stdout + proc.stderr
 
 

@@ -28,15 +28,16 @@ def best_pt(tmp_path_factory, easy_data):
 
 @pytest.fixture(scope="module")
 def varied_data(tmp_path_factory, easy_data):
-    """The easy dataset, with a val split of images in many sizes and aspect ratios, JPEG and PNG: the rect batches
-    differ in shape, and the letterbox scales some images down and others up."""
+    """The easy dataset, with a val split of images in many sizes and aspect ratios, JPEG and PNG: the rect
+    batches differ in shape, and the letterbox scales some images down and others up."""
     root = tmp_path_factory.mktemp("varied")
     rng = np.random.default_rng(7)
     for sub in ("images", "labels"):
         (root / "valid" / sub).mkdir(parents=True)
     for i in range(VAL_SIZES):
         image, rows = easy_image(rng)
-        w, h = (int(v) for v in rng.integers(40, 220, 2))  # boxes are relative: resizing keeps the labels true
+        # boxes are relative: resizing keeps the labels true
+        w, h = (int(v) for v in rng.integers(40, 220, 2))
         suffix = ".jpg" if i % 2 else ".png"
         cv2.imwrite(str(root / "valid" / "images" / f"v{i:02d}{suffix}"), cv2.resize(image, (w, h)))
         (root / "valid" / "labels" / f"v{i:02d}.txt").write_text("".join(r + "\n" for r in rows))
@@ -63,7 +64,8 @@ def validate(best_pt, data, tmp_path, loader, device="cpu", **settings):
 def test_prebuilt_batches_give_ultralytics_own_metrics(best_pt, varied_data, tmp_path, settings):
     ours = validate(best_pt, varied_data, tmp_path, "prebuilt", **settings)
     theirs = validate(best_pt, varied_data, tmp_path, "ultralytics", **settings)
-    assert theirs["metrics/mAP50-95(B)"] > EASY_MAP_FLOOR, theirs  # a comparison of real numbers, not of zeros
+    # a comparison of real numbers, not of zeros
+    assert theirs["metrics/mAP50-95(B)"] > EASY_MAP_FLOOR, theirs
     assert ours.keys() == theirs.keys()
     for key, value in theirs.items():
         assert ours[key] == pytest.approx(value, abs=1e-6), key
@@ -110,8 +112,8 @@ def test_kept_batches_validate_the_same_on_every_pass(best_pt, varied_data, tmp_
     from ultralytics.data.utils import check_det_dataset
     from ultralytics.models.yolo.detect import DetectionValidator
     data = check_det_dataset(str(varied_data))
-    dataset = build_yolo_dataset(get_cfg(overrides={"imgsz": 96, "rect": True, "mode": "val"}), data["val"], 16, data,
-                                 mode="val", stride=32)
+    dataset = build_yolo_dataset(get_cfg(overrides={"imgsz": 96, "rect": True, "mode": "val"}), data["val"],
+                                 16, data, mode="val", stride=32)
     kept = validation.PrebuiltBatches(dataset, 16, "cpu", keep=True)
     args = {"data": str(varied_data), "imgsz": 96, "batch": 16, "device": "cpu", "plots": False, "rect": True}
     passes = []
@@ -133,7 +135,8 @@ def test_bench_val_times_both_loaders_and_finds_no_difference(best_pt, varied_da
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout
     for loader in ("ultralytics", "prebuilt"):
-        assert re.search(rf"^val 96 px, {loader}, pass 1 \(s; mAP50-95\) +[\d.]+; 0\.\d{{6}}$", out, re.M), out
+        assert re.search(rf"^val 96 px, {loader}, pass 1 \(s; mAP50-95\) +[\d.]+; 0\.\d{{6}}$", out,
+                         re.M), out
     maps = re.findall(r"; (0\.\d{6})$", out, re.M)
     assert len(maps) == 2 and maps[0] == maps[1] and float(maps[0]) > EASY_MAP_FLOOR, out
     assert re.search(r"^val 96 px: largest metric difference +0\.00e\+00$", out, re.M), out
