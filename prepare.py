@@ -151,11 +151,9 @@ def hold_limits(child):
     """Wait for the child under the supervisor's clock: TRAIN_PY_LIMIT, SETUP_LIMIT, end_limit() and
     EXIT_GRACE. Returns its `done` report (None if it exited without one); stops the child and raises
     HarnessError at a limit or at a second training."""
-    # Up to prepare.Trainer, or to another trainer's training (which makes the real one a second training)
-    child.wait(lambda: child.first("trainer") or child.first("train_start"), lambda: min(
-        child.started + SETUP_LIMIT, time.time() + TRAIN_PY_LIMIT - child.train_py_seconds()))
-    ran = child.train_py_seconds()
-    if child.running() and not child.first("train_start") and ran >= TRAIN_PY_LIMIT:
+    child.wait("trainer", lambda: min(child.started + SETUP_LIMIT,
+                                      time.time() + TRAIN_PY_LIMIT - child.train_py_seconds()))
+    if child.running() and (ran := child.train_py_seconds()) >= TRAIN_PY_LIMIT:
         child.stop()
         raise HarnessError(f"train.py's own code ran {ran:.0f} s outside the training clock (limit "
                            f"{TRAIN_PY_LIMIT} s, between `import prepare` and prepare.start() and between "

@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+from harness.common import HarnessError
+
 CHILD_ENV = "AUTORESEARCH_CHILD"          # set in the child (and so in every process it starts)
 REPORT_FD_ENV = "AUTORESEARCH_REPORT_FD"  # the child's end of the report pipe
 BUDGET_ENV = "AUTORESEARCH_SUPERVISED_BUDGET"  # the budget the supervisor holds, for the child's guard
@@ -37,8 +39,8 @@ def runs_train_py(train_py):
 def check_first_statement(train_py):
     """Nothing of train.py may run before the supervisor: its first statement must be `import prepare`, with
     only a docstring, comments and `from __future__` imports above it. Raises HarnessError naming the line."""
-    from harness.common import HarnessError
-    for node in ast.parse(Path(train_py).read_text(), str(train_py)).body:
+    source = Path(train_py).read_text()
+    for node in ast.parse(source, str(train_py)).body:
         if (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
                 and isinstance(node.value.value, str)):
             continue  # the docstring
@@ -46,7 +48,7 @@ def check_first_statement(train_py):
             continue
         if isinstance(node, ast.Import) and [(a.name, a.asname) for a in node.names] == [("prepare", None)]:
             return
-        line = ast.get_source_segment(Path(train_py).read_text(), node).splitlines()[0][:60]
+        line = ast.get_source_segment(source, node).splitlines()[0][:60]
         raise HarnessError(f"{train_py} line {node.lineno}: `{line}` runs before `import prepare`; "
                            "train.py's first statement must be `import prepare` (only a docstring, comments "
                            "and `from __future__` imports above it): move that line below it")
@@ -69,8 +71,7 @@ def install(train_py, describe, workers=False):
 
 
 def _excepthook(describe, exc_type, exc, tb):
-    from harness import ddp
-    from harness.common import HarnessError
+    from harness import ddp  # here: ddp imports this module
     sys.stdout.flush()
     if not isinstance(exc, (HarnessError, KeyboardInterrupt)):
         sys.__excepthook__(exc_type, exc, tb)
@@ -109,7 +110,6 @@ _PIPE = {}  # the child's end of the report pipe, and the one process that may w
 def take_report_pipe(train_py):
     """Child side, at import: keep the report pipe for this process alone (no process it starts inherits it).
     A train.py process that says it is the child but was given no pipe raises HarnessError."""
-    from harness.common import HarnessError
     fd = os.environ.pop(REPORT_FD_ENV, None)
     if fd is not None:
         os.set_inheritable(int(fd), False)
@@ -278,14 +278,17 @@ def describe_exit(code):
 
 @functools.cache
 def watch_trainings():
-    """Child side: every Ultralytics trainer reports its first step (a second training is then seen), each new
-    longest step (the limit allows one more: a slow machine's last step) and each epoch's end (how far a run
-    got, should it overrun)."""
+    """Child side: every Ultralytics trainer reports the start of its set-up (train.py's own code outside the
+    clock ends there), its first step (a second training is then seen), each new longest step (the limit
+    allows one more: a slow machine's last step) and each epoch's end (how far a run got, should it
+    overrun)."""
     from ultralytics.engine.trainer import BaseTrainer
     run_callbacks = BaseTrainer.run_callbacks
 
     def reporting(self, event):
-        if event == "on_train_start":
+        if event == "on_pretrain_routine_start":  # any trainer's set-up: no longer train.py's own code
+            report("trainer", trainer=type(self).__name__)
+        elif event == "on_train_start":
             report("train_start", trainer=type(self).__name__, val=bool(self.args.val))
         elif event == "on_train_batch_start":
             self.step_started = time.time()
