@@ -8,12 +8,15 @@ Usage:
     uv run prepare.py                        # find and check the dataset, print its stats
     uv run prepare.py --synthetic full       # generate the stand-in at Kaggle scale (small: CPU default)
     uv run prepare.py --weights yolo11n.pt   # one-time download of pretrained weights into weights/
-    uv run prepare.py progress               # results.tsv -> progress.png and a short text summary
+    uv run prepare.py progress               # results.tsv and the run record -> a summary and progress.png
+    uv run prepare.py progress --test        # the human's morning check: the kept bests on the test split
 
 `uv run train.py > run.log 2>&1`: train.py's first statement imports this module, and that process
 becomes the supervisor before any of train.py's own code runs. It checks and fingerprints the dataset,
 runs train.py again as a child that trains (start(), model.train(trainer=Trainer), finish()), holds the
-time limits, validates the child's best.pt itself and prints the summary: the last lines of the log.
+time limits, validates the child's best.pt itself, adds the run to the record (record/: one line for
+every run, whatever its end, and the weights of each new best) and prints the summary: the last lines
+of the log.
 
 A run ends with the summary as its last lines and exit code 0, or with one `error:` line last, no
 `fitness:` line and a non-zero exit code (README.md quotes them), when:
@@ -27,7 +30,6 @@ A run ends with the summary as its last lines and exit code 0, or with one `erro
 A train.py that does not parse never gets here: Python's SyntaxError ends it.
 """
 
-import errno
 import functools
 import json
 import math
@@ -39,18 +41,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import common, dataset, ddp, runtime, supervisor, validation
+from harness import common, dataset, ddp, device, runtime, supervisor, validation
 from harness.common import CACHE_DIR, GPU_DATA_ENV, REPO_DIR, RUN_DIR, HarnessError, banner
-from harness.device import (
-    peak_vram_mb,
-    pick_device,
-    record_validated,
-    resolve_weights,
-    trained_here,
-    trained_on,
-    validated_here,
-    weights_digest,
-)
+from harness.device import pick_device, resolve_weights  # start()'s `device` is train.py's DEVICE
 
 # ---------------------------------------------------------------------------
 # Constants (fixed, do not modify)
@@ -82,30 +75,8 @@ SUMMARY_KEYS = ("fitness_key", "fitness", "training_seconds", "total_seconds", "
                 "recall", "map50", "map50_95", "epoch", "batch", "val_seconds", "time_budget_s",
                 "train_images_per_s", "data", "dataset", "weights", "device", "run_dir")
 
-# ---------------------------------------------------------------------------
-# Import-time setup: offline before Ultralytics is imported, every failure one `error:` line
-# ---------------------------------------------------------------------------
-
-
-def describe_failure(exc, tb=None):
-    """The `error:` line's text: what failed and what to do about it."""
-    if isinstance(exc, HarnessError):
-        return str(exc)
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted (SIGINT or SIGTERM) before the run finished; the next run starts clean"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return (f"disk full ({exc.filename or 'while writing'}): free space on the disk that holds "
-                f"{RUN_DIR} and {CACHE_DIR}, then run again")
-    if "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
-        trainer = common.find_trainer(tb)
-        where = f" at batch={trainer.args.batch} imgsz={trainer.args.imgsz}" if trainer else ""
-        return f"CUDA out of memory{where}; lower BATCH or IMGSZ (or pick a smaller MODEL) in train.py"
-    return f"{type(exc).__name__}: {text}"[:300]
-
-
-runtime.go_offline()
-supervisor.install(REPO_DIR / "train.py", describe_failure, workers=__name__ == "__mp_main__")
+runtime.go_offline()  # before Ultralytics is imported; then any failure ends in one `error:` line
+supervisor.install(REPO_DIR / "train.py", workers=__name__ == "__mp_main__")
 
 # ---------------------------------------------------------------------------
 # The supervisor: train.py's own process, which never runs train.py's code
@@ -118,87 +89,22 @@ def supervise():
     yaml_path, kind = dataset.find_dataset()
     stats = dataset.check_dataset(yaml_path)
     print(dataset.dataset_line(yaml_path, kind, stats))
-    splits = [stats[s].folder for s in ("train", "val", "test") if s in stats]
-    t = time.time()
-    before, last_run = dataset.content_fingerprint(yaml_path, splits)
-    print(f"dataset fingerprint: {len(before)} files in {time.time() - t:.1f} s")
-    if last_run and (changes := dataset.describe_changes(last_run, before)):
-        common.warn(f"the dataset changed since the previous run: {changes}")
+    before = dataset.fingerprint(yaml_path, stats)
     shutil.rmtree(RUN_DIR, ignore_errors=True)  # nothing of an earlier run can pass for this one's
     os.environ[DATASET_ENV] = json.dumps({"yaml": str(yaml_path), "kind": kind, "stats": stats}, default=str)
     child = supervisor.Child(sys.argv, TIME_BUDGET, marked=SUMMARY_KEYS + ("error",))
     threading.Thread(target=lambda: __import__("ultralytics"), daemon=True).start()  # ready when needed
-    try:
-        done = hold_limits(child)
-    except KeyboardInterrupt:
-        child.stop()
-        child.finish()
-        raise HarnessError(describe_failure(KeyboardInterrupt())) from None
+    done = supervisor.hold_limits(child, supervisor.Limits(
+        TIME_BUDGET, SETUP_LIMIT, TRAIN_PY_LIMIT, END_ALLOWANCE, FIRST_VAL_ALLOWANCE, EXIT_GRACE))
     code, error = child.finish(), child.first("error")
     if error or code or not done:
         raise HarnessError(error["error"] if error else
                            f"train.py ended ({supervisor.describe_exit(code)}) without finishing: it must "
                            "call prepare.start(), model.train(...) and prepare.finish(model); the log above "
                            "says where it stopped")
-    if changes := dataset.describe_changes(before, dataset.content_fingerprint(yaml_path, splits)[0]):
-        raise HarnessError(f"the dataset changed during the run: {changes}; train.py must not write there "
-                           "(program.md); restore the dataset")
+    dataset.check_unchanged(yaml_path, stats, before)
     metrics, val_seconds, val_peak = validate_best(done, yaml_path, stats)
     return print_summary(done, child, metrics, val_seconds, val_peak, yaml_path, kind)
-
-
-def hold_limits(child):
-    """Wait for the child under the supervisor's clock: TRAIN_PY_LIMIT, SETUP_LIMIT, end_limit() and
-    EXIT_GRACE. Returns its `done` report (None if it exited without one); stops the child and raises
-    HarnessError at a limit or at a second training."""
-    child.wait("trainer", lambda: min(child.started + SETUP_LIMIT,
-                                      time.time() + TRAIN_PY_LIMIT - child.train_py_seconds()))
-    if child.running() and (ran := child.train_py_seconds()) >= TRAIN_PY_LIMIT:
-        child.stop()
-        raise HarnessError(f"train.py's own code ran {ran:.0f} s outside the training clock (limit "
-                           f"{TRAIN_PY_LIMIT} s, between `import prepare` and prepare.start() and between "
-                           "start() and model.train(...)); stopped. Train only inside model.train(...)")
-    if not child.wait("train_start", child.started + SETUP_LIMIT) and child.running():
-        child.stop()
-        raise HarnessError(f"train.py had not started training {SETUP_LIMIT} s after it began (imports, "
-                           "checks, decoding the images, building the model); stopped. Look at the end of "
-                           "the log for where it stood; a slow machine: lower IMGSZ or the model's size")
-    if not (first := child.first("train_start")):
-        return None
-    finished = child.wait("done", lambda: first["at"] + end_limit(child))
-    if child.trainings() > 1:
-        child.stop()
-        raise HarnessError("train.py started a second training: one model.train(...) per run, one budget "
-                           "of training; put everything in one call")
-    if not finished and child.running():
-        child.stop()
-        raise HarnessError(f"the run overran: prepare.finish() not reached {time.time() - first['at']:.0f} s "
-                           f"after the first step, past the limit of {end_limit(child):.0f} s "
-                           f"({end_limit(child, True)}), {child.progress()}; stopped. A slow machine: lower "
-                           "IMGSZ, BATCH or the model's size; if training had stopped advancing, the end of "
-                           "the log shows what hung")
-    if done := child.first("done"):
-        print(f"supervisor: train.py's own code ran {child.train_py_seconds():.1f} s before model.train(...)"
-              f" (limit {TRAIN_PY_LIMIT} s); {done['at'] - first['at']:.1f} s from the first step to "
-              f"prepare.finish() (limit {end_limit(child):.0f} s)")
-        if not child.wait("exit", done["at"] + EXIT_GRACE):
-            child.stop()
-            raise HarnessError(f"train.py did not exit {EXIT_GRACE} s after prepare.finish() (a thread or "
-                               "process left running?); stopped")
-    return done
-
-
-def end_limit(child, parts=False):
-    """The most seconds from the first step to prepare.finish(); parts: the sum in words."""
-    first = child.first("train_start")
-    last_val = max(child.validation_seconds(), default=FIRST_VAL_ALLOWANCE) if first.get("val") else 0.0
-    ddp_start = SETUP_LIMIT if first.get("ddp") else 0
-    if not parts:
-        return TIME_BUDGET + child.slowest_step() + END_ALLOWANCE + last_val + ddp_start
-    step = f"the longest step {child.slowest_step():.1f} s" if child.slowest_step() else "no step done"
-    return (f"the time budget {TIME_BUDGET:g} s, {step}, {END_ALLOWANCE} s for the checkpoint" +
-            (f", {last_val:.0f} s for the last validation" if last_val else "") +
-            (f", {ddp_start} s for the DDP workers' start" if ddp_start else ""))
 
 
 def validate_best(done, yaml_path, stats):
@@ -215,25 +121,25 @@ def validate_best(done, yaml_path, stats):
     if Path(str(args.get("data"))).resolve() != (RUN_DIR / "data.yaml").resolve():
         raise HarnessError(f"best.pt was trained on data={args.get('data')}, not run.data; put it back")
     start = str(args.get("model") or "")
-    if start.endswith(".pt") and Path(start).is_file() and \
-            (why := trained_here(trained_on(start), yaml_path) or validated_here(start)):
+    if start.endswith(".pt") and Path(start).is_file() and (why := device.earlier_run(start, yaml_path)):
         raise HarnessError(f"training started from {start}, which this harness trained ({why}); weights "
                            "from earlier runs are refused: use released weights or a .yaml")
-    if weights_digest(best) != done["best_digest"]:
+    if device.weights_digest(best) != done["best_digest"]:
         raise HarnessError(f"{best} changed after prepare.finish(): the metric is of the weights training "
                            "ended with; train.py must not write there")
-    device = done["device"][0] if isinstance(done["device"], list) else done["device"]
+    gpu = done["device"][0] if isinstance(done["device"], list) else done["device"]
     data = dataset.write_run_yaml(stats, CACHE_DIR / "val" / f"{os.getpid()}.yaml")  # the supervisor's copy
     t = time.time()
-    metrics = validation.validate(str(best), data=str(data), split="val", device=device, single_cls=False,
+    metrics = validation.validate(str(best), data=str(data), split="val", device=gpu, single_cls=False,
                                   plots=False, project=str(RUN_DIR), name="val", exist_ok=True)
     data.unlink()
-    record_validated([best, best.with_name("last.pt")])  # refused as MODEL from now on, whatever their labels
-    return metrics.results_dict, time.time() - t, peak_vram_mb(device)
+    device.record_validated([best, best.with_name("last.pt")])  # refused as MODEL from now on
+    return metrics.results_dict, time.time() - t, device.peak_vram_mb(gpu)
 
 
 def print_summary(done, child, m, val_seconds, val_peak, yaml_path, kind):
-    """The summary, in SUMMARY_KEYS' order: the last lines of the log. Returns 0, the exit code."""
+    """The summary, in SUMMARY_KEYS' order: a line of the run record (harness/record.py), then the last
+    lines of the log. Returns 0, the exit code."""
     fitness = float(m[FITNESS_KEY])
     if not math.isfinite(fitness):
         raise HarnessError(f"{FITNESS_KEY} is {fitness}: the training diverged; lower LR0, or try "
@@ -246,8 +152,10 @@ def print_summary(done, child, m, val_seconds, val_peak, yaml_path, kind):
               done["epoch"] + 1, done["batch"], f"{val_seconds:.1f}", f"{TIME_BUDGET:g}",
               f"{done['trained_images'] / max(training_seconds, 1e-9):.1f}", kind, str(yaml_path),
               done["weights"], done["device_name"], str(RUN_DIR))
+    summary = dict(zip(SUMMARY_KEYS, map(str, values), strict=True))
+    supervisor.record_run(summary, best_pt=RUN_DIR / "weights" / "best.pt")  # before the last lines
     supervisor.say("---")
-    for key, value in zip(SUMMARY_KEYS, values, strict=True):
+    for key, value in summary.items():
         supervisor.say(f"{key}: {value}")
     return 0
 
@@ -430,7 +338,7 @@ def finish(model):
             "epoch": trainer.epoch, "batch": trainer.batch_size,
             "peak_vram_mb": ddp.run_peak_vram_mb(run, trainer), "device": run.device,
             "device_name": run.device_name, "weights": run.weights_note,
-            "best_digest": weights_digest(trainer.best)}
+            "best_digest": device.weights_digest(trainer.best)}
     supervisor.report("done", **done)
     return done
 

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,6 +17,7 @@ from harness import common
 from harness.common import HarnessError, warn, write_atomic
 from harness.synthetic import synthetic_dir
 
+SPLITS = ("train", "val", "test")  # the data YAML's keys, in order
 CHECKS_VERSION = b"2"  # part of the fingerprint: a dataset is checked again when the checks change
 MAX_BAD_SHARE = 0.01  # above this share of broken files in a split the run refuses to start
 IMG_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -196,7 +198,7 @@ class Split(NamedTuple):
 
 def stats_from_json(stats):
     """check_dataset's result again after a round trip through JSON (the supervisor hands it to the child)."""
-    return {k: Split(Path(v[0]), v[1], v[2]) if k in ("train", "val", "test") else v
+    return {k: Split(Path(v[0]), v[1], v[2]) if k in SPLITS else v
             for k, v in stats.items()}
 
 
@@ -260,7 +262,7 @@ def check_dataset(yaml_path):
 
 def dataset_line(yaml_path, kind, stats):
     splits = " | ".join(f"{s} {stats[s].images} images {stats[s].boxes} boxes"
-                        for s in ("train", "val", "test") if s in stats)
+                        for s in SPLITS if s in stats)
     return f"dataset: {kind} {yaml_path} | {splits}"
 
 
@@ -268,7 +270,7 @@ def write_run_yaml(stats, path=None):
     """The YAML training uses (by default run/data.yaml): absolute split folders, so paths from other machines
     just work. Returns its path."""
     data = {"path": str(stats["train"].folder.parent.parent), "nc": stats["nc"], "names": stats["names"]}
-    data.update({s: str(stats[s].folder) for s in ("train", "val", "test") if s in stats})
+    data.update({s: str(stats[s].folder) for s in SPLITS if s in stats})
     path = path or common.RUN_DIR / "data.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -305,3 +307,22 @@ def describe_changes(before, after, shown=3):
     parts = [f"{len(files)} {what} ({', '.join(files[:shown])}{', ...' if len(files) > shown else ''})"
              for what, files in (("added", added), ("removed", removed), ("changed", changed)) if files]
     return "; ".join(parts)
+
+
+def fingerprint(yaml_path, stats):
+    """The content fingerprint of the dataset (its YAML and every split's files), timed in the log, with a
+    warning when it changed since the previous run. Returns it, for check_unchanged()."""
+    t = time.time()
+    now, last_run = content_fingerprint(yaml_path, [stats[s].folder for s in SPLITS if s in stats])
+    print(f"dataset fingerprint: {len(now)} files in {time.time() - t:.1f} s")
+    if last_run and (changes := describe_changes(last_run, now)):
+        warn(f"the dataset changed since the previous run: {changes}")
+    return now
+
+
+def check_unchanged(yaml_path, stats, before):
+    """Raise HarnessError when the dataset's content differs from the fingerprint `before`."""
+    after = content_fingerprint(yaml_path, [stats[s].folder for s in SPLITS if s in stats])[0]
+    if changes := describe_changes(before, after):
+        raise HarnessError(f"the dataset changed during the run: {changes}; train.py must not write there "
+                           "(program.md); restore the dataset")

@@ -21,12 +21,12 @@ def resolve_weights(name, dataset=None):
     from ultralytics.utils import SETTINGS
     for path in (Path(name), common.WEIGHTS_DIR / name, Path(SETTINGS["weights_dir"]) / name):
         if path.is_file():
-            data = trained_on(path)
-            if why := trained_here(data, dataset) or validated_here(path):
+            if why := earlier_run(path, dataset):
                 raise HarnessError(f"MODEL = {name!r} in train.py: {path} was trained by this harness "
                                    f"({why}); weights from earlier runs are refused, "
                                    "each experiment is one budget of training "
                                    "from released weights or from scratch: use weights/ or a .yaml")
+            data = read_checkpoint(path)[0]
             return str(path), f"{name} (pretrained{f' on {Path(data).name}' if data else ''})"
     scratch = Path(name).with_suffix(".yaml").name
     banner(f"{name} not found in weights/ (offline): training {scratch} from scratch. "
@@ -35,35 +35,28 @@ def resolve_weights(name, dataset=None):
     return scratch, f"{scratch} (from scratch: {name} not found)"
 
 
-def trained_on(path):
-    """The dataset YAML an Ultralytics checkpoint says it was trained on (its train_args), or '' if it says
-    none."""
+def read_checkpoint(path):
+    """(the dataset YAML its train_args name or '', the digest of its weights or '') of an Ultralytics
+    checkpoint, from one load; ('', '') for a file that holds none (YOLO() says what is wrong with it).
+    The digest is over every tensor's name and value in half precision of what YOLO() would load (its EMA,
+    else its model): unchanged by edited metadata or a float32 copy."""
     from ultralytics.utils.patches import torch_load
     try:
         ckpt = torch_load(path, map_location="cpu", weights_only=False)
+        state = (ckpt.get("ema") or ckpt.get("model")).state_dict()
     except Exception:
-        return ""  # not a checkpoint: YOLO() says what is wrong with it
-    args = ckpt.get("train_args") if isinstance(ckpt, dict) else None
-    return str((args or {}).get("data") or "")
-
-
-def weights_digest(path):
-    """A digest of the weights a checkpoint holds (what YOLO() would load: its EMA, else its model), over
-    every tensor's name and value in half precision: unchanged by edited metadata or a float32 copy. '' for a
-    file that holds no model."""
-    from ultralytics.utils.patches import torch_load
-    try:
-        ckpt = torch_load(path, map_location="cpu", weights_only=False)
-        model = ckpt.get("ema") or ckpt.get("model")
-        state = model.state_dict()
-    except Exception:
-        return ""
+        return "", ""
     digest = hashlib.sha256()
     for name, tensor in sorted(state.items()):
         tensor = tensor.detach().half() if tensor.is_floating_point() else tensor.detach()
         digest.update(name.encode())
         digest.update(tensor.contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return str((ckpt.get("train_args") or {}).get("data") or ""), digest.hexdigest()
+
+
+def weights_digest(path):
+    """read_checkpoint's digest of the weights at `path` ('' for a file that holds no model)."""
+    return read_checkpoint(path)[1]
 
 
 def record_validated(paths):
@@ -75,12 +68,15 @@ def record_validated(paths):
             tmp.write_text("".join(f"{d}\n" for d in sorted(known | new)))
 
 
-def validated_here(path):
-    """Why the checkpoint at `path` holds weights an earlier run trained (its digest is in TRAINED_DIGESTS),
-    or ''."""
-    if not TRAINED_DIGESTS.is_file() or weights_digest(path) not in TRAINED_DIGESTS.read_text().split():
-        return ""
-    return "the same weights as a checkpoint an earlier run trained, whatever its metadata says"
+def earlier_run(path, dataset=None):
+    """Why the checkpoint at `path` comes from an earlier run of this harness, or '' (released weights): by
+    what it says it was trained on, or by its weights' digest being in TRAINED_DIGESTS."""
+    data, digest = read_checkpoint(path)
+    if why := trained_here(data, dataset):
+        return why
+    if digest and TRAINED_DIGESTS.is_file() and digest in TRAINED_DIGESTS.read_text().split():
+        return "the same weights as a checkpoint an earlier run trained, whatever its metadata says"
+    return ""
 
 
 def trained_here(data, dataset=None):

@@ -5,6 +5,7 @@ process.
 """
 
 import ast
+import errno
 import functools
 import json
 import os
@@ -13,9 +14,11 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from harness.common import HarnessError
+from harness import common, record
+from harness.common import CACHE_DIR, RUN_DIR, HarnessError
 
 CHILD_ENV = "AUTORESEARCH_CHILD"          # set in the child (and so in every process it starts)
 REPORT_FD_ENV = "AUTORESEARCH_REPORT_FD"  # the child's end of the report pipe
@@ -55,14 +58,16 @@ def check_first_statement(train_py):
 
 
 _WRITE = os.write  # taken when prepare is imported, before any of train.py's own code can run
+_INSTALLED = {}    # train.py's path, and when prepare was imported
 
 
-def install(train_py, describe, workers=False):
-    """At prepare's import: any uncaught exception ends the process with one `error:` line (describe(exc, tb)
+def install(train_py, workers=False):
+    """At prepare's import: any uncaught exception ends the process with one `error:` line (describe_failure
     gives its text), SIGTERM ends it the way Ctrl-C does, nothing of train.py ran before it, and the child's
     report pipe is this process's alone. workers: a multiprocessing worker, which keeps its signal
     handlers."""
-    sys.excepthook = functools.partial(_excepthook, describe)
+    sys.excepthook = _excepthook
+    _INSTALLED.update(train_py=Path(train_py), at=time.time())
     if runs_train_py(train_py):
         check_first_statement(train_py)
     take_report_pipe(train_py)
@@ -70,15 +75,37 @@ def install(train_py, describe, workers=False):
         signal.signal(signal.SIGTERM, _sigterm)
 
 
-def _excepthook(describe, exc_type, exc, tb):
+def describe_failure(exc, tb=None):
+    """The `error:` line's text: what failed and what to do about it."""
+    if isinstance(exc, HarnessError):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (SIGINT or SIGTERM) before the run finished; the next run starts clean"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (f"disk full ({exc.filename or 'while writing'}): free space on the disk that holds "
+                f"{RUN_DIR} and {CACHE_DIR}, then run again")
+    if "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
+        trainer = common.find_trainer(tb)
+        where = f" at batch={trainer.args.batch} imgsz={trainer.args.imgsz}" if trainer else ""
+        return f"CUDA out of memory{where}; lower BATCH or IMGSZ (or pick a smaller MODEL) in train.py"
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def _excepthook(exc_type, exc, tb):
     from harness import ddp  # here: ddp imports this module
     sys.stdout.flush()
     if not isinstance(exc, (HarnessError, KeyboardInterrupt)):
         sys.__excepthook__(exc_type, exc, tb)
         sys.stderr.flush()
-    error, worker = describe(exc, tb), ddp.ddp_rank() >= 0
+    error, worker = describe_failure(exc, tb), ddp.ddp_rank() >= 0
     if worker:  # a DDP worker: its parent ends with this line, not torch.distributed's
         ddp.write_handoff(ddp.ddp_rank(), {"error": error})
+    if is_supervisor(_INSTALLED["train_py"]):
+        try:
+            record_run(error=error)
+        except Exception as e:  # the error line still comes last
+            common.warn(f"the run record ({record.RECORD}) was not written: {type(e).__name__}: {e}")
     if not report("error", error=error) and not (worker and is_child()):
         say(f"error: {error}")  # else the supervisor prints it, last
 
@@ -88,6 +115,13 @@ def _sigterm(signum, frame):
     # clean path as Ctrl-C, a second must not interrupt that path.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+def record_run(summary=None, error=None, best_pt=None):
+    """The supervisor's line in the run record (harness/record.py) for this run: its summary or its error.
+    Returns the line as written."""
+    line = record.describe_run(_INSTALLED["train_py"], time.time() - _INSTALLED["at"], summary, error)
+    return record.append(line, best_pt)
 
 
 def say(line):
@@ -247,6 +281,85 @@ class Child:
         for t in self.threads:
             t.join(10)
         return code
+
+
+# ---------------------------------------------------------------------------
+# The time limits, on the supervisor's clock (prepare.py's constants say what each one covers)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    budget: float        # TIME_BUDGET
+    setup: float         # SETUP_LIMIT
+    train_py: float      # TRAIN_PY_LIMIT
+    end_allowance: float  # END_ALLOWANCE
+    first_val: float     # FIRST_VAL_ALLOWANCE
+    exit_grace: float    # EXIT_GRACE
+
+
+def hold_limits(child, limits):
+    """Wait for the child under the limits. Returns its `done` report (None if it exited without one); stops
+    the child and raises HarnessError at a limit, at a second training or at Ctrl-C / SIGTERM."""
+    try:
+        return _hold(child, limits)
+    except KeyboardInterrupt:
+        child.stop()
+        child.finish()
+        raise HarnessError(describe_failure(KeyboardInterrupt())) from None
+
+
+def _hold(child, limits):
+    child.wait("trainer", lambda: min(child.started + limits.setup,
+                                      time.time() + limits.train_py - child.train_py_seconds()))
+    if child.running() and (ran := child.train_py_seconds()) >= limits.train_py:
+        child.stop()
+        raise HarnessError(f"train.py's own code ran {ran:.0f} s outside the training clock (limit "
+                           f"{limits.train_py:g} s, between `import prepare` and prepare.start() and between "
+                           "start() and model.train(...)); stopped. Train only inside model.train(...)")
+    if not child.wait("train_start", child.started + limits.setup) and child.running():
+        child.stop()
+        raise HarnessError(f"train.py had not started training {limits.setup:g} s after it began (imports, "
+                           "checks, decoding the images, building the model); stopped. Look at the end of "
+                           "the log for where it stood; a slow machine: lower IMGSZ or the model's size")
+    if not (first := child.first("train_start")):
+        return None
+    finished = child.wait("done", lambda: first["at"] + end_limit(child, limits))
+    if child.trainings() > 1:
+        child.stop()
+        raise HarnessError("train.py started a second training: one model.train(...) per run, one budget "
+                           "of training; put everything in one call")
+    if not finished and child.running():
+        child.stop()
+        raise HarnessError(f"the run overran: prepare.finish() not reached {time.time() - first['at']:.0f} s "
+                           f"after the first step, past the limit of {end_limit(child, limits):.0f} s "
+                           f"({end_limit(child, limits, parts=True)}), {child.progress()}; stopped. A slow "
+                           "machine: lower IMGSZ, BATCH or the model's size; if training had stopped "
+                           "advancing, the end of the log shows what hung")
+    if done := child.first("done"):
+        say(f"supervisor: train.py's own code ran {child.train_py_seconds():.1f} s before model.train(...)"
+            f" (limit {limits.train_py:g} s); {done['at'] - first['at']:.1f} s from the first step to "
+            f"prepare.finish() (limit {end_limit(child, limits):.0f} s)")
+        if not child.wait("exit", done["at"] + limits.exit_grace):
+            child.stop()
+            raise HarnessError(f"train.py did not exit {limits.exit_grace:g} s after prepare.finish() (a "
+                               "thread or process left running?); stopped")
+    return done
+
+
+def end_limit(child, limits, parts=False):
+    """The most seconds from the first step to prepare.finish(): the budget, the longest step so far, the
+    end allowance, the longest validation so far (with VAL = True) and the DDP workers' start; parts: that
+    sum in words."""
+    first = child.first("train_start")
+    last_val = max(child.validation_seconds(), default=limits.first_val) if first.get("val") else 0.0
+    ddp_start = limits.setup if first.get("ddp") else 0
+    if not parts:
+        return limits.budget + child.slowest_step() + limits.end_allowance + last_val + ddp_start
+    step = f"the longest step {child.slowest_step():.1f} s" if child.slowest_step() else "no step done"
+    return (f"the time budget {limits.budget:g} s, {step}, {limits.end_allowance:g} s for the checkpoint" +
+            (f", {last_val:.0f} s for the last validation" if last_val else "") +
+            (f", {ddp_start:g} s for the DDP workers' start" if ddp_start else ""))
 
 
 def stop(proc, grace, groups=()):

@@ -100,6 +100,23 @@ def make_repo(tmp_path, knobs=None, call_extra="", before_train="", after_train=
     return repo
 
 
+def git(repo, *args):
+    """git in repo (as a user named t); returns its output. A failing git command fails the test."""
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
+                          capture_output=True, text=True, check=True, timeout=300).stdout
+
+
+def commit_all(repo, message="baseline"):
+    """repo as the agent's checkout: a git repository with the project's .gitignore, everything committed.
+    Returns the commit."""
+    shutil.copy(REPO / ".gitignore", repo / ".gitignore")
+    if not (repo / ".git").is_dir():
+        git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", message)
+    return git(repo, "rev-parse", "HEAD").strip()
+
+
 def run_train(repo, data_yaml=None, budget=3, env=None, timeout=600):
     """Run train.py like the agent does (stdout and stderr into one log); returns (exit code, log). A run
     still going after `timeout` seconds is a hang: it gets SIGTERM, as from `timeout 600 uv run train.py` (the

@@ -29,7 +29,7 @@ from conftest import (
     summary_of,
 )
 from easy_data import EASY_COUNTS
-from harness import common, ddp, device, runtime
+from harness import common, ddp, device, runtime, supervisor
 
 CPU_DDP = f"import sys; sys.path.append({str(REPO / 'tests')!r}); import cpu_ddp"
 TWO_WORKERS = {"CPU_DDP_WORKERS": "2"}
@@ -174,7 +174,7 @@ def test_device_requests():
 
 def test_a_failed_ddp_run_ends_with_the_worker_error_that_started_it():
     nan = "loss is nan in epoch 3: the training diverged; lower LR0, or try AMP = False"
-    interrupted = prepare.describe_failure(KeyboardInterrupt())
+    interrupted = supervisor.describe_failure(KeyboardInterrupt())
     reports = [{"rank": 0, "error": interrupted}, {"rank": 1, "error": nan}]
     assert ddp.ddp_failure(reports, 1, 2) == f"{nan} (DDP rank 1 of 2)"
     assert ddp.ddp_failure(reports[:1], 1, 2) == f"{interrupted} (DDP rank 0 of 2)"

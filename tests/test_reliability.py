@@ -2,7 +2,6 @@
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,17 +9,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from conftest import assert_failed, make_repo, run_train, snapshot, summary_of
+from conftest import assert_failed, commit_all, git, make_repo, run_train, snapshot, summary_of
 from harness.dataset import check_dataset
 
 
 def disk_use(folder):
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-
-
-def git(repo, *args):
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True,
-                          timeout=300).stdout
 
 
 def test_nan_loss_stops_the_run_at_once(tiny_data, tmp_path):
@@ -58,10 +52,7 @@ def test_disk_full_while_saving_a_checkpoint(tiny_data, tmp_path):
 
 def test_a_night_of_runs_loses_nothing_and_keeps_disk_use_flat(dataset, tmp_path):
     repo = make_repo(tmp_path)
-    shutil.copy(Path(__file__).parents[1] / ".gitignore", repo / ".gitignore")
-    git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline")
+    commit_all(repo)
     (repo / "results.tsv").write_text("commit\tmetric\tmemory_gb\tstatus\tdescription\n")
     cache = tmp_path / "cache"
     env = {"AUTORESEARCH_CACHE": str(cache)}

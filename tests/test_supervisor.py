@@ -412,19 +412,19 @@ def test_multi_scale_is_refused_before_training(tiny_data, tmp_path, gpu_data):
     assert "leave it at 0.0" in log
 
 
-def test_a_run_writes_only_its_run_folder_whatever_train_py_passes(dataset, tmp_path):
+def test_a_run_writes_only_its_run_folder_and_the_record_whatever_train_py_passes(dataset, tmp_path):
     repo = edited(make_repo(tmp_path), "project=run.project, name=run.name, exist_ok=True,", "name='mine',")
     validate = ("YOLO(str(prepare.RUN_DIR / 'weights' / 'best.pt')).val(data=run.data, imgsz=IMGSZ, batch=4, "
                 "device=run.device, plots=False)")
     edited(repo, "prepare.finish(model)", f"{validate}\nprepare.finish(model)")
     (repo / "weights").mkdir()
     assert run_train(repo, dataset / "data.yaml", budget=1)[0] == 0
-    before = snapshot(repo, dataset, leave_out=("run",))
+    before = snapshot(repo, dataset, leave_out=("run", "record"))
     for _ in range(2):
         rc, log = run_train(repo, dataset / "data.yaml", budget=1)
         assert rc == 0, log[-3000:]
-    assert snapshot(repo, dataset, leave_out=("run",)).keys() == before.keys()
-    assert {p: v for p, v in snapshot(repo, dataset, leave_out=("run",)).items() if p.name != "run.log"} == \
+    assert snapshot(repo, dataset, leave_out=("run", "record")).keys() == before.keys()
+    assert {p: v for p, v in snapshot(repo, dataset, leave_out=("run", "record")).items() if p.name != "run.log"} == \
         {p: v for p, v in before.items() if p.name != "run.log"}
     assert ((repo / "run" / "weights" / "best.pt").is_file()
             and summary_of(log)["run_dir"] == str(repo / "run"))
