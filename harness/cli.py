@@ -1,14 +1,15 @@
 """prepare.py's commands (its docstring lists them): check the dataset, generate the stand-in, fetch weights,
-plot the night's progress."""
+plot the night's progress (with --rebuild and --test: harness/progress.py)."""
 
 import argparse
+from pathlib import Path
 
 from harness.dataset import check_dataset, dataset_line, find_dataset
 
 
 def main(argv=None):
     """Run one command; returns the exit code."""
-    from harness import progress, synthetic
+    from harness import progress, record, synthetic
     from harness.device import download_weights
     parser = argparse.ArgumentParser(description="Dataset prep and checks for autoresearch on ships.")
     parser.add_argument("command", nargs="?", default="check", choices=["check", "progress"])
@@ -16,9 +17,16 @@ def main(argv=None):
                         help="generate the stand-in at this scale")
     parser.add_argument("--weights", metavar="NAME.pt", help="download Ultralytics weights into weights/")
     parser.add_argument("--results", default="results.tsv", help="progress: the results file to read")
+    parser.add_argument("--record", type=Path, default=record.RECORD, metavar="PATH",
+                        help="progress: the run record the supervisor appends to")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="progress: write --results from the run record first (never over a file)")
+    parser.add_argument("--test", action="store_true",
+                        help="progress: validate the archived baseline and bests on the test split")
     args = parser.parse_args(argv)
     if args.command == "progress":
-        return progress.progress(args.results, "progress.png")
+        return progress.progress(args.results, "progress.png", args.record, test=args.test,
+                                 rebuild=args.rebuild)
     if args.weights:
         download_weights(args.weights)
         return 0

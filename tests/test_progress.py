@@ -1,10 +1,30 @@
-"""Behaviour of `prepare.py progress`: reading results.tsv, summarizing it, plotting it."""
+"""Behaviour of `prepare.py progress`: reading results.tsv, summarizing it, plotting it; beside the run record
+(record/runs.jsonl): re-runs, the noise floor, rows that disagree, --rebuild and the held-out --test."""
 
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from harness.progress import Row, plot_progress, progress, read_results, summarize_results
+from conftest import EASY_BUDGET, EASY_KNOBS, commit_all, make_repo, run_train, summary_of
+from harness import record
+from harness.cli import main
+from harness.progress import (
+    Row,
+    mark_reruns,
+    match_record,
+    noise_floor,
+    plot_progress,
+    progress,
+    read_results,
+    running_best_steps,
+    summarize_results,
+)
 
 DATA = Path(__file__).parent / "data"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -15,6 +35,12 @@ EXAMPLE = HEADER + (
     "c3d4e5f\t0.605100\t7.9\tdiscard\treduce batch and switch optimizer\n"
     "d4e5f6g\t0.000000\t0.0\tcrash\tbatch too large caused OOM\n"
 )
+
+
+@pytest.fixture(autouse=True)
+def no_checkout_record(tmp_path, monkeypatch):
+    """progress reads record/runs.jsonl by default: this checkout's own record must not reach the tests."""
+    monkeypatch.setattr(record, "RECORD", tmp_path / "no-record" / "runs.jsonl")
 
 
 def write(tmp_path, text, name="results.tsv"):
@@ -222,3 +248,354 @@ def test_progress_without_results_file_fails_with_one_line(tmp_path, capsys):
     assert stderr.startswith("error: ") and "not found" in stderr and "program.md" in stderr
     assert stderr.count("\n") == 1
     assert not out.exists()
+
+
+# --- the run record: re-runs, the noise floor, rows that disagree -------------
+
+OOM = "CUDA out of memory at batch=256 imgsz=768; lower BATCH or IMGSZ (or pick a smaller MODEL) in train.py"
+FIRST_KNOBS = {"MODEL": "yolo11n.pt", "IMGSZ": 640, "BATCH": 128, "OPTIMIZER": "auto"}
+
+
+def sha(short):
+    """A full commit whose first 7 characters are `short`."""
+    return short + "e" * (40 - len(short))
+
+
+def run(commit, train_py, fitness=None, error=None, changed=None, peak_mb=8294.4, edited=False, weights=None):
+    """One run as the supervisor records it (write_record adds repeat, and the first line's knobs)."""
+    summary = None if fitness is None else {"fitness": f"{fitness:.6f}", "peak_vram_mb": f"{peak_mb:.1f}",
+                                           "map50_95": f"{fitness:.6f}", "epoch": "18"}
+    line = {"time": "2025-03-24T01:00:00+00:00", "commit": sha(commit), "train_py_changed": edited,
+            "train_py": train_py * 16, "changed": changed or {}, "summary": summary, "error": error,
+            "wall_seconds": 341.5}
+    return {**line, "weights": str(weights)} if weights else line
+
+
+def write_record(tmp_path, runs, name="runs.jsonl"):
+    """record/runs.jsonl of these runs, as record.append() completes them; returns its path."""
+    path, lines = tmp_path / "record" / name, []
+    for r in runs:
+        r = {**r, "repeat": sum(e["train_py"] == r["train_py"] for e in lines)}
+        if not lines:
+            r["knobs"] = {**FIRST_KNOBS, **r.pop("changed")}
+        lines.append(r)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+# A night of five runs: a baseline, a kept change, a discard, an OOM, and a re-run of the kept change that
+# happens to score higher than it.
+NIGHT = [run("a1b2c3d", "a", 0.612345),
+         run("b2c3d4e", "b", 0.618901, changed={"IMGSZ": 768}, peak_mb=9625.6),
+         run("c3d4e5f", "c", 0.605100, changed={"IMGSZ": 768, "OPTIMIZER": "SGD"}, peak_mb=8089.6),
+         run("d4e5f6a", "d", error=OOM, changed={"IMGSZ": 768, "BATCH": 256}),
+         run("b2c3d4e", "b", 0.620500, changed={"IMGSZ": 768}, peak_mb=9625.6)]
+NIGHT_ROWS = ["a1b2c3d\t0.612345\t8.1\tkeep\tbaseline",
+              "b2c3d4e\t0.618901\t9.4\tkeep\timgsz 768",
+              "c3d4e5f\t0.605100\t7.9\tdiscard\tsgd",
+              "d4e5f6a\t0.000000\t0.0\tcrash\tbatch 256 ran out of memory",
+              "b2c3d4e\t0.620500\t9.4\tkeep\tconfirm imgsz 768"]
+
+
+def night_tsv(rows=NIGHT_ROWS):
+    return HEADER + "".join(row + "\n" for row in rows)
+
+
+def legend_labels(figure):
+    return figure.axes[0].get_legend_handles_labels()[1]
+
+
+def progress_of(tmp_path, capsys, tsv, runs, **kwargs):
+    """(exit code, stdout, stderr) of progress on this results.tsv beside a record of these runs."""
+    code = progress(write(tmp_path, tsv), tmp_path / "progress.png", write_record(tmp_path, runs), **kwargs)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_the_noise_floor_is_the_largest_difference_over_every_pair_of_runs_of_one_train_py(tmp_path, capsys):
+    runs = [run("a1b2c3d", "a", 0.610), run("a1b2c3d", "a", 0.614), run("b2c3d4e", "b", 0.620),
+            run("a1b2c3d", "a", 0.612), run("b2c3d4e", "b", 0.621), run("c3d4e5f", "c", 0.630),
+            run("b2c3d4e", "b", error=OOM)]  # a crash measured nothing
+    floor, pairs, groups = noise_floor(record.read_record(write_record(tmp_path, runs)))
+    assert (floor, pairs, groups) == (pytest.approx(0.004), 4, 2)  # a: 3 pairs, up to 0.004; b: 1 pair
+    rows = "".join(f"{r['commit'][:7]}\t{r['summary']['fitness'] if r['summary'] else 0}\t8.1\t"
+                   f"{'keep' if r['summary'] else 'crash'}\tx\n" for r in runs)
+    _, out, _ = progress_of(tmp_path, capsys, HEADER + rows, runs)
+    assert ("noise floor: 0.004000, the largest difference between two runs of one train.py (4 pairs: 2 "
+            "train.py's run 2-3 times); program.md's 0.005 stands") in out
+
+
+def test_a_noise_floor_above_program_md_s_says_to_count_gains_only_past_it(tmp_path, capsys):
+    runs = [run("a1b2c3d", "a", 0.610), run("a1b2c3d", "a", 0.618)]
+    _, out, _ = progress_of(tmp_path, capsys, night_tsv(["a1b2c3d\t0.610000\t8.1\tkeep\tbaseline",
+                                                        "a1b2c3d\t0.618000\t8.1\tkeep\tre-run"]), runs)
+    assert ("noise floor: 0.008000, the largest difference between two runs of one train.py (1 pair: 1 "
+            "train.py run 2 times); above program.md's 0.005: count a gain only past it") in out
+
+
+def test_without_repeats_there_is_no_noise_floor_yet_and_program_md_s_stands(tmp_path, capsys):
+    runs = [run("a1b2c3d", "a", 0.61), run("b2c3d4e", "b", error=OOM), run("b2c3d4e", "b", 0.62)]
+    assert noise_floor(record.read_record(write_record(tmp_path, runs))) == (None, 0, 0)
+    rows = ["a1b2c3d\t0.610000\t8.1\tkeep\tbaseline", "b2c3d4e\t0.000000\t0.0\tcrash\toom",
+            "b2c3d4e\t0.620000\t8.1\tkeep\tsame, enough memory now"]
+    _, out, _ = progress_of(tmp_path, capsys, night_tsv(rows), runs)
+    record_path = tmp_path / "record" / "runs.jsonl"
+    assert (f"noise floor: none measured yet (no train.py has run twice without an error in {record_path}); "
+            "program.md's 0.005 stands") in out
+
+
+def test_a_rerun_is_counted_as_a_rerun_not_as_a_kept_change(tmp_path, capsys):
+    code, out, err = progress_of(tmp_path, capsys, night_tsv(), NIGHT)
+    assert code == 0 and err == ""
+    assert "runs: 5 total, 2 keep, 1 discard, 1 crash, 1 re-run" in out
+    # the re-run scored higher than the change it repeats, but measured noise, not a change
+    assert "best:     0.618901  b2c3d4e  imgsz 768" in out
+    assert "last 2 kept:" in out and "confirm imgsz 768" not in out
+    rows, _ = read_results(tmp_path / "results.tsv")
+    lines = record.read_record(tmp_path / "record" / "runs.jsonl")
+    rows = mark_reruns(rows, lines, match_record(rows, lines))
+    assert [r.rerun for r in rows] == [False, False, False, False, True]
+    # the kept staircase steps at the kept change and stays flat through the re-run
+    assert running_best_steps(rows) == ([1, 2, 5], [0.612345, 0.618901, 0.618901])
+    assert "re-run" in legend_labels(plot_progress(rows, tmp_path / "p.png"))
+
+
+def test_a_run_of_a_train_py_that_only_crashed_before_is_no_rerun(tmp_path, capsys):
+    # the baseline crashed on a broken dataset; fixed, the same train.py is the baseline, not a re-run
+    runs = [run("a1b2c3d", "a", error="dataset broken"), run("a1b2c3d", "a", 0.61)]
+    rows = ["a1b2c3d\t0.000000\t0.0\tcrash\tbaseline, broken dataset",
+            "a1b2c3d\t0.610000\t8.1\tkeep\tbaseline"]
+    _, out, _ = progress_of(tmp_path, capsys, night_tsv(rows), runs)
+    assert "runs: 2 total, 1 keep, 0 discard, 1 crash\n" in out
+    assert "last 1 kept:" in out
+
+
+def test_a_description_starting_with_rerun_is_a_rerun_where_the_record_has_no_line_for_it(tmp_path, capsys):
+    tsv = night_tsv(["a1b2c3d\t0.610000\t8.1\tkeep\tbaseline",
+                     "a1b2c3d\t0.615000\t8.1\tkeep\tRe-run of a1b2c3d"])
+    assert progress(write(tmp_path, tsv), tmp_path / "progress.png") == 0  # no record at all
+    out = capsys.readouterr().out
+    assert "runs: 2 total, 1 keep, 0 discard, 0 crash, 1 re-run" in out
+    assert "noise floor" not in out  # nothing of the record without one
+
+
+def test_the_record_decides_a_rerun_where_it_has_the_run(tmp_path, capsys):
+    runs = [run("a1b2c3d", "a", 0.61), run("b2c3d4e", "b", 0.62)]
+    rows = ["a1b2c3d\t0.610000\t8.1\tkeep\tbaseline",
+            "b2c3d4e\t0.620000\t8.1\tkeep\tre-run, but of a new train.py"]
+    _, out, _ = progress_of(tmp_path, capsys, night_tsv(rows), runs)
+    assert "runs: 2 total, 2 keep, 0 discard, 0 crash\n" in out
+
+
+def test_the_kth_row_of_a_commit_is_the_kth_run_of_that_commit_in_the_record():
+    lines = [run("a1b2c3d", "a", 0.61), run("b2c3d4e", "b", 0.62), run("a1b2c3d", "a", 0.60),
+             run("b2c3d4e", "b", 0.63)]
+    rows = [Row(n, commit, 0.6, 8.0, "keep", "x") for n, commit in
+            enumerate(["b2c3d4e", "a1b2c3d", "b2c3d4e", "b2c3d4e", "A1B2C3D", "a1b", "f0f0f0f"], start=1)]
+    # row 4 is a third row of b2c3d4e, which ran twice; "a1b" is too short to name a commit
+    assert match_record(rows, lines) == {1: 2, 2: 1, 3: 4, 5: 3}
+
+
+FLAGGED = {
+    "keep or discard of a run that ended in an error": (
+        3, "d4e5f6a\t0.000000\t0.0\tdiscard\tbatch 256", {},
+        "status discard, but the run ended in an error ({record} line 4: CUDA out of memory at batch=256"),
+    "crash of a run that finished": (
+        2, "c3d4e5f\t0.000000\t0.0\tcrash\tsgd", {},
+        "status crash, but the run finished with fitness 0.605100 ({record} line 3)"),
+    "a metric that is not the run's fitness": (
+        1, "b2c3d4e\t0.618900\t9.4\tkeep\timgsz 768", {},
+        "metric 0.618900, but the run's fitness is 0.618901 ({record} line 2)"),
+    "a commit the record has no run of": (
+        5, "e5f6a7b\t0.630000\t9.4\tkeep\tnever ran", {}, "no run of this commit in {record}"),
+    "more rows of a commit than its runs": (
+        5, "a1b2c3d\t0.612345\t8.1\tkeep\tbaseline again", {},
+        "more rows of this commit than its 1 run(s) in {record}"),
+    "a run with uncommitted edits to train.py": (
+        2, NIGHT_ROWS[2], {"train_py_changed": True},
+        "ran with uncommitted edits to train.py ({record} line 3), so the commit does not hold what ran"),
+}
+
+
+@pytest.mark.parametrize("case", FLAGGED)
+def test_a_row_that_disagrees_with_the_record_gets_one_warning_naming_it(tmp_path, capsys, case):
+    index, row, edit, expected = FLAGGED[case]
+    rows = NIGHT_ROWS[:index] + [row] + NIGHT_ROWS[index + 1:]
+    runs = [{**r, **edit} if i == 2 else r for i, r in enumerate(NIGHT)]
+    code, _, err = progress_of(tmp_path, capsys, night_tsv(rows), runs)
+    path, record_path = tmp_path / "results.tsv", tmp_path / "record" / "runs.jsonl"
+    n, commit = index + 1, row.split("\t")[0]
+    assert code == 0
+    assert err.count("\n") == 1 and err.startswith(f"warning: {path} row {n} ({commit}): "), err
+    assert expected.format(record=record_path) in err, err
+
+
+def test_a_results_file_that_matches_the_record_gets_no_warning(tmp_path, capsys):
+    rows = [r.replace("0.618901", "0.6189012") for r in NIGHT_ROWS]  # within the 6 decimals' rounding
+    code, out, err = progress_of(tmp_path, capsys, night_tsv(rows), NIGHT)
+    assert code == 0 and err == ""
+
+
+# --- --rebuild ------------------------------------------------------------------
+
+REBUILT = HEADER + (
+    "a1b2c3d\t0.612345\t8.1\tkeep\tbaseline\n"
+    "b2c3d4e\t0.618901\t9.4\tkeep\tIMGSZ=768\n"
+    "c3d4e5f\t0.605100\t7.9\tdiscard\tIMGSZ=768 OPTIMIZER=SGD\n"
+    "d4e5f6a\t0.000000\t0.0\tcrash\tCUDA out of memory at batch=256 imgsz=768; lower BATCH or IM\n"
+    "b2c3d4e\t0.620500\t9.4\tkeep\tre-run of b2c3d4e\n"
+)
+
+
+def test_rebuild_writes_the_five_columns_from_the_record(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    record_path = write_record(tmp_path, NIGHT)
+    assert main(["progress", "--rebuild", "--record", str(record_path)]) == 0
+    out, err = capsys.readouterr()
+    assert (tmp_path / "results.tsv").read_text() == REBUILT
+    assert f"wrote results.tsv: 5 rows from {record_path}" in out
+    # the rebuilt file is summarized at once, and agrees with its record
+    assert "runs: 5 total, 2 keep, 1 discard, 1 crash, 1 re-run" in out and err == ""
+    assert_png(tmp_path / "progress.png")
+
+
+def test_rebuild_describes_a_baseline_after_crashes_by_what_it_changed(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = [run("a1b2c3d", "a", error="BATCH = 128 does not fit on ...; BATCH = 64 fits"),
+            run("b2c3d4e", "b", 0.5, changed={"BATCH": 64})]
+    assert main(["progress", "--rebuild", "--record", str(write_record(tmp_path, runs))]) == 0
+    rebuilt = (tmp_path / "results.tsv").read_text().splitlines()
+    assert rebuilt[2] == "b2c3d4e\t0.500000\t8.1\tkeep\tbaseline BATCH=64"
+
+
+def test_rebuild_never_overwrites_a_results_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    record_path = write_record(tmp_path, NIGHT)
+    (tmp_path / "results.tsv").write_text("the agent's own\n")
+    assert main(["progress", "--rebuild", "--record", str(record_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: results.tsv exists") and err.count("\n") == 1
+    assert "move it away" in err and "--results rebuilt.tsv" in err
+    assert (tmp_path / "results.tsv").read_text() == "the agent's own\n"
+    assert not (tmp_path / "progress.png").exists()
+    # as the error says: to another path, which must not exist either
+    assert main(["progress", "--rebuild", "--record", str(record_path), "--results", "rebuilt.tsv"]) == 0
+    assert (tmp_path / "rebuilt.tsv").read_text() == REBUILT
+    assert main(["progress", "--rebuild", "--record", str(record_path), "--results", "rebuilt.tsv"]) == 1
+    assert (tmp_path / "results.tsv").read_text() == "the agent's own\n"
+
+
+def test_progress_without_results_file_but_with_a_record_says_how_to_rebuild(tmp_path, capsys):
+    code = progress(tmp_path / "results.tsv", tmp_path / "progress.png", write_record(tmp_path, NIGHT))
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert "not found" in err and "holds 5 run(s): `uv run prepare.py progress --rebuild`" in err
+
+
+# --- --test: the archived weights on the held-out test split ---------------------
+
+TABLE_ROW = r"^ +{line} +(\w{{7}}) +(\d\.\d{{6}}) +(\d\.\d{{6}}) +(\S+) +(\S+)$"
+
+
+@pytest.fixture(scope="module")
+def night_repo(tmp_path_factory, easy_data):
+    """A checkout after one real run of train.py on the easy data, committed first: its record holds the
+    baseline, its weights archived as record/best/0001.pt. Returns (repo, summary)."""
+    repo = make_repo(tmp_path_factory.mktemp("held-out"), knobs=EASY_KNOBS)
+    commit_all(repo)
+    rc, log = run_train(repo, easy_data / "data.yaml", budget=EASY_BUDGET)
+    assert rc == 0, log[-3000:]
+    assert (repo / "record" / "best" / "0001.pt").is_file()
+    return repo, summary_of(log)
+
+
+def prepare_progress(repo, data_yaml, *args):
+    """`python prepare.py progress --test ...` in repo, as the agent runs it; returns the process."""
+    env = {**os.environ, "YOLO_DATA": str(data_yaml)}
+    env.pop("PYTEST_CURRENT_TEST", None)  # else Ultralytics writes its runs into its own tests/ folder
+    return subprocess.run([sys.executable, "prepare.py", "progress", "--test", *args], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def direct_test_map(weights, data_yaml, tmp_path):
+    """Ultralytics' own `YOLO(weights).val(split="test")`, with the metric's settings."""
+    from harness import device, runtime
+    runtime.configure_ultralytics()
+    from ultralytics import YOLO
+    metrics = YOLO(str(weights)).val(data=str(data_yaml), split="test", device=device.pick_device(None)[0],
+                                     single_cls=False, plots=False, project=str(tmp_path), name="direct")
+    return metrics.box.map
+
+
+def test_progress_test_prints_the_test_map_of_a_direct_ultralytics_val(night_repo, easy_data, tmp_path):
+    repo, summary = night_repo
+    line = record.read_record(repo / "record" / "runs.jsonl")[0]
+    memory = float(summary["peak_vram_mb"]) / 1024
+    (repo / "results.tsv").write_text(f"{HEADER}{line['commit'][:7]}\t{summary['fitness']}\t{memory:.1f}\t"
+                                      "keep\tbaseline\n")
+    proc = prepare_progress(repo, easy_data / "data.yaml")
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+    found = re.search(TABLE_ROW.format(line=1), proc.stdout, re.M)
+    assert found, proc.stdout[-3000:]
+    commit, val_map, test_map, val_gain, test_gain = found.groups()
+    assert (commit, val_map, val_gain, test_gain) == (line["commit"][:7], summary["fitness"], "baseline",
+                                                      "baseline")
+    direct = direct_test_map(repo / "record" / "best" / "0001.pt", easy_data / "data.yaml", tmp_path)
+    assert direct > 0  # a comparison of a real number, not of 0 with 0
+    assert test_map == f"{direct:.6f}"
+    assert "held-out check: 1 archived run(s) on the test split of" in proc.stdout
+    assert_png(repo / "progress.png")
+
+
+def test_progress_test_gives_the_gains_over_the_baseline_of_each_archived_run_on_disk(night_repo, easy_data,
+                                                                                     tmp_path):
+    repo, summary = night_repo
+    best, commit = repo / "record" / "best" / "0001.pt", record.read_record(repo / "record" / "runs.jsonl")[0]
+    base = float(summary["fitness"])
+    runs = [run(commit["commit"][:7], "a", base, weights=best),
+            run(commit["commit"][:7], "b", base + 0.02, weights=tmp_path / "pruned.pt"),  # gone from disk
+            run(commit["commit"][:7], "c", base + 0.01, weights=shutil.copy(best, tmp_path / "0003.pt"))]
+    rows = "".join(f"{commit['commit'][:7]}\t{r['summary']['fitness']}\t8.1\tkeep\tx\n" for r in runs)
+    write(tmp_path, HEADER + rows)
+    proc = prepare_progress(repo, easy_data / "data.yaml", "--record", str(write_record(tmp_path, runs)),
+                            "--results", str(tmp_path / "results.tsv"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    first = re.search(TABLE_ROW.format(line=1), proc.stdout, re.M).groups()
+    third = re.search(TABLE_ROW.format(line=3), proc.stdout, re.M).groups()
+    assert not re.search(TABLE_ROW.format(line=2), proc.stdout, re.M)
+    assert "held-out check: 2 archived run(s)" in proc.stdout and "gains over the baseline" in proc.stdout
+    assert third[1:] == (f"{base + 0.01:.6f}", first[2], "+0.010000", "+0.000000")  # the same weights
+
+
+def test_the_plot_draws_the_held_out_test_map_as_a_series_of_its_own(tmp_path):
+    rows = [Row(1, "a1b2c3d", 0.61, 8.0, "keep", "baseline"), Row(2, "b2c3d4e", 0.62, 8.0, "keep", "x")]
+    assert "test (held out)" in legend_labels(plot_progress(rows, tmp_path / "p.png", [(1, 0.55), (2, 0.57)]))
+    assert "test (held out)" not in legend_labels(plot_progress(rows, tmp_path / "q.png"))
+
+
+def test_progress_test_without_a_test_split_says_so_and_validates_nothing(tmp_path, capsys, monkeypatch,
+                                                                         easy_data):
+    data = tmp_path / "no-test"
+    data.mkdir()
+    for split in ("train", "valid"):
+        os.symlink(easy_data / split, data / split)
+    (data / "data.yaml").write_text((easy_data / "data.yaml").read_text().replace("test: test/images\n", ""))
+    monkeypatch.setenv("YOLO_DATA", str(data / "data.yaml"))
+    (tmp_path / "0001.pt").write_text("not a checkpoint: validating it would fail")
+    runs = [run("a1b2c3d", "a", 0.61, weights=tmp_path / "0001.pt")]
+    code, out, _ = progress_of(tmp_path, capsys, night_tsv(NIGHT_ROWS[:1]), runs, test=True)
+    assert code == 0
+    held = [line for line in out.splitlines() if line.startswith("held-out check:")]
+    assert held == [f"held-out check: {data / 'data.yaml'} has no test split (no `test:` entry, or no images "
+                    "there); nothing held out to validate on"]
+
+
+@pytest.mark.parametrize("weights, says", [
+    (None, "no archived weights in {record} yet"),
+    ("gone.pt", "the 1 archived weights that {record} names are gone from disk")])
+def test_progress_test_without_archived_weights_says_so(tmp_path, capsys, weights, says):
+    runs = [run("a1b2c3d", "a", 0.61, weights=weights and tmp_path / weights)]
+    code, out, _ = progress_of(tmp_path, capsys, night_tsv(NIGHT_ROWS[:1]), runs, test=True)
+    assert code == 0
+    assert says.format(record=tmp_path / "record" / "runs.jsonl") in out
