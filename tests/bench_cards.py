@@ -6,11 +6,12 @@ training images went, the batch, steady img/s against that batch's own channels-
 the same blocker), and peak_vram_mb against nvidia-smi. The compute is still the big card's: compare ratios,
 not speeds.
 
-Usage (repo root, GPU machine; bench.sh calls it with CARDS="..."):
+Usage (repo root, GPU machine; `tests/bench.py --cards ...` calls it):
     python tests/bench_cards.py --out OUT all 24 16 12 8 80:IMGSZ=1280
 A card is `all` (the whole card) or a number of GiB left free, with optional train.py knobs after a colon
-(`80:IMGSZ=1280,BATCH=64`). --budget sets AUTORESEARCH_TIME_BUDGET (default 60 s). Files in OUT: per card
-LABEL.log, LABEL.profile.json, LABEL-ceiling.json, and cards.txt, the table printed last.
+(`80:IMGSZ=1280,BATCH=64`), set by tests/bench.py's checked edit (a knob that matches no line of train.py
+ends the bench). --budget sets AUTORESEARCH_TIME_BUDGET (default 60 s). Files in OUT: per card LABEL.log,
+LABEL.profile.json, LABEL-ceiling.json, and cards.txt, the table printed last.
 """
 
 import argparse
@@ -18,7 +19,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench import edited_copy, parse_knobs
 from bench_profile import summary_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,26 +79,6 @@ def smi_peak():
         t.join()
 
 
-def edited_copy(folder, knobs):
-    """A copy of the harness whose train.py has these knobs and attaches tests/bench_profile.py. Raises where
-    a knob matches no line of train.py: a bench must not measure something else than it says."""
-    folder.mkdir(parents=True)
-    shutil.copy(REPO / "prepare.py", folder)
-    shutil.copytree(REPO / "harness", folder / "harness", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "tests" / "bench_profile.py", folder)
-    text = (REPO / "train.py").read_text()
-    for name, value in knobs.items():
-        text, n = re.subn(rf"^{name} = [^#\n]*?(\s*#|$)", rf"{name} = {value}\1", text, count=1, flags=re.M)
-        if n != 1:
-            raise SystemExit(f"bench_cards: no knob {name} in train.py")
-    text, n = re.subn(r"^(model = YOLO\(.*\)\n)", r"\1import bench_profile; bench_profile.attach(model)\n",
-                      text, flags=re.M)
-    if n != 1:
-        raise SystemExit("bench_cards: no 'model = YOLO(' line in train.py")
-    (folder / "train.py").write_text(text)
-    return folder
-
-
 def run(label, knobs, gib, out, work, budget):
     """One train.py run on a card with gib GiB free; returns its row's fields."""
     folder = edited_copy(work / label, knobs)
@@ -136,7 +117,7 @@ def ceiling(label, folder, gib, out):
 def parse_card(spec):
     """'24' or '80:IMGSZ=1280,BATCH=64' or 'all' -> (label, GiB free or None, knobs)."""
     free, _, knobs = spec.partition(":")
-    knobs = dict(kv.split("=", 1) for kv in knobs.split(",") if kv)
+    knobs = parse_knobs(knobs)
     label = ("all" if free == "all" else f"{free}GB") + "".join(f"-{k}{v}" for k, v in knobs.items())
     return label, None if free == "all" else float(free), knobs
 

@@ -1,14 +1,14 @@
 """
 Where a run's time goes: a profiler that a bench copy of train.py attaches to its YOLO model, and the
-table rows bench.sh prints from what it wrote. Ultralytics copies the model's callbacks into the
+table rows tests/bench.py prints from what it wrote. Ultralytics copies the model's callbacks into the
 trainer, and the trainer hands its callbacks to its validator, so one set of callbacks sees it all.
 
 Usage:
-    # in a copy of train.py, right after `model = YOLO(run.weights)` (bench.sh inserts this line):
+    # in a copy of train.py, right after `model = YOLO(run.weights)` (tests/bench.py inserts this line):
     import bench_profile; bench_profile.attach(model)   # writes $BENCH_PROFILE_OUT
                                                         # (default bench_profile.json)
 
-    # table rows for one run (bench.sh calls these; LABEL prefixes every row):
+    # table rows for one run (tests/bench.py calls these functions; LABEL prefixes every row):
     python tests/bench_profile.py report LABEL --log run.log --profile p.json [--ceiling ceiling.json ...]
                                          [--wall wall.txt] [--smi run.smi --idle run.idle]
     # mean and spread of fitness over runs:
@@ -48,7 +48,7 @@ from pathlib import Path
 
 DEFAULT_OUT = "bench_profile.json"
 STALL_S = 0.005          # a data wait longer than this counts as a stall (the loader fell behind)
-LABEL_WIDTH = 64         # bench.sh's table: label column width
+LABEL_WIDTH = 64         # tests/bench.py's table: label column width
 # issue #7's targets on H100, shown beside the figures they judge
 TARGETS = {"ceiling": "target >= 90%", "steps": "target >= 85%", "overhead": "target <= 15 s",
            "vram": "target within 5%"}
@@ -244,7 +244,7 @@ def attach(model, out=None):
     return profile
 
 # ---------------------------------------------------------------------------
-# Reporting (bench.sh): table rows with units
+# Reporting (tests/bench.py): table rows with units
 # ---------------------------------------------------------------------------
 
 

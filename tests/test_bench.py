@@ -1,7 +1,10 @@
 """The GPU benchmark's tools, on CPU with tiny settings: the model-only ceiling and the run profiler."""
 
+import difflib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 
@@ -86,7 +89,7 @@ def test_report_prints_rows_with_units(profiled_run, tmp_path):
 
 
 def test_report_divides_by_the_fastest_ceiling_measured(profiled_run, tmp_path):
-    """bench.sh measures the ceiling before and after the runs; a busy host only ever slows it down."""
+    """bench.py measures the ceiling before and after the runs; a busy host only ever slows it down."""
     profile, _, log, out = profiled_run
     (tmp_path / "run.log").write_text(log)
     ceilings = []
@@ -103,28 +106,84 @@ def test_report_divides_by_the_fastest_ceiling_measured(profiled_run, tmp_path):
     assert f"= {share:.1f}% of ceiling (channels_last 400 img/s, the faster of 2;" in proc.stdout, proc.stdout
 
 
+def bench_py(*args, script=REPO / "tests" / "bench.py", env=None, timeout=120):
+    """tests/bench.py run with these flags; returns the CompletedProcess. Past timeout the bench and every
+    run it started are killed, and the test fails."""
+    proc = subprocess.Popen([sys.executable, str(script), *args], cwd=REPO, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"bench.py still running after {timeout} s, killed:\n{stdout[-2000:]}{stderr[-2000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def changed_lines(before, after):
+    """(the lines only in before, the lines only in after), in order."""
+    diff = list(difflib.ndiff(before.splitlines(), after.splitlines()))
+    return [d[2:] for d in diff if d.startswith("- ")], [d[2:] for d in diff if d.startswith("+ ")]
+
+
 def test_agent_edits_table_shows_edits_refused_at_start(tiny_data, tmp_path):
-    env = {**os.environ, "YOLO_DATA": str(tiny_data / "data.yaml"), "OUT": str(tmp_path / "out"),
-           "WORK": str(tmp_path / "work"), "ONLY": "rect multi_scale", "CEILING_TIMEOUT": "5",
-           "PYTHON": sys.executable}
-    proc = subprocess.run(["bash", str(REPO / "tests" / "bench_edits.sh")], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    out = tmp_path / "out"
+    proc = bench_py("--no-base", "--no-prep", "--edits", "0", "--only", "rect", "multi_scale",
+                    "--ceiling-timeout", "5", "--out", str(out), timeout=600,
+                    env={"YOLO_DATA": str(tiny_data / "data.yaml"), "TMPDIR": str(tmp_path)})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    rows = {line.split()[0]: line for line in proc.stdout.splitlines()[2:]}
-    assert rows.keys() == {"multi_scale", "rect"}, proc.stdout
+    table = (out / "edits" / "table.txt").read_text()
+    rows = {line.split()[0]: line for line in table.splitlines()[2:]}
+    assert rows.keys() == {"multi_scale", "rect"}, table
     assert ("error@start" in rows["rect"]
             and "error: rect=True is not supported by the GPU data" in rows["rect"])
     assert ("error@start" in rows["multi_scale"]
             and "error: multi_scale=0.5 trains each" in rows["multi_scale"])
+    assert table in (out / "table.txt").read_text()  # and in the bench's own table
 
 
-def test_the_cards_bench_edits_train_py_knobs_and_refuses_one_that_matches_nothing(tmp_path):
+def test_the_bench_refuses_an_edit_that_matches_no_line_of_train_py(tmp_path):
+    import bench
+    train = (REPO / "train.py").read_text()
+    # a good edit changes exactly its line: a knob keeps its comment, an argument joins model.train(...)
+    imgsz = next(line for line in train.splitlines() if line.startswith("IMGSZ = "))
+    assert changed_lines(train, bench.set_knobs(train, {"IMGSZ": "1280"})) == (
+        [imgsz], [imgsz.replace("IMGSZ = 640 ", "IMGSZ = 1280 ")])
+    seed = next(line for line in train.splitlines() if "seed=SEED," in line)
+    assert changed_lines(train, bench.set_knobs(train, {"rect": "True"})) == (
+        [seed], [seed.replace("seed=SEED,", "seed=SEED, rect=True,")])
+    folder = bench.edited_copy(tmp_path / "copy", {"IMGSZ": "1280", "BATCH": "64"})
+    removed, added = changed_lines(train, (folder / "train.py").read_text())
+    assert [line.split(" = ")[0] for line in removed] == ["IMGSZ", "BATCH"]
+    assert added == [imgsz.replace("640 ", "1280 "), removed[1].replace("128 ", "64 "),
+                     bench.PROFILE_LINE.strip()]
+    assert bench.parse_knobs("DEVICE=[0, 1],BATCH=64") == {"DEVICE": "[0, 1]", "BATCH": "64"}
+    with pytest.raises(SystemExit, match="bench: no knob BACTH in train.py"):
+        bench.set_knobs(train, {"BACTH": "64"})
+    with pytest.raises(SystemExit, match=r"bench: no 'seed=SEED,' in train.py's model.train\(...\)"):
+        bench.set_knobs(train.replace("seed=SEED,", "seed=SEED"), {"rect": "True"})
+
+    # a misspelt knob fails the bench before anything runs: no ceiling, no run, not even OUT
+    tmp = {"TMPDIR": str(tmp_path / "work")}  # where the bench makes its copies
+    (tmp_path / "work").mkdir()
+    proc = bench_py("--variant", "typo:BACTH=64", "--out", str(tmp_path / "out"), env=tmp)
+    assert proc.returncode != 0 and "bench: no knob BACTH in train.py" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists() and "running" not in proc.stdout
+    assert not any((tmp_path / "work").iterdir())  # and its copies went with it
+    # so does an Ultralytics argument where train.py has no `seed=SEED,` to add it after
+    repo = make_repo(tmp_path)
+    (repo / "train.py").write_text((repo / "train.py").read_text().replace("seed=SEED,", "seed=SEED"))
+    (repo / "tests").mkdir()
+    for name in ("bench.py", "bench_profile.py"):
+        shutil.copy(REPO / "tests" / name, repo / "tests")
+    proc = bench_py("--variant", "rect:rect=True", "--out", str(tmp_path / "out2"),
+                    script=repo / "tests" / "bench.py", env=tmp)
+    assert proc.returncode != 0 and "bench: no 'seed=SEED,' in train.py's model.train(...)" in proc.stderr, \
+        proc.stderr
+    assert not (tmp_path / "out2").exists()
+
+
+def test_a_card_is_named_for_its_free_memory_and_knobs():
     import bench_cards
-    folder = bench_cards.edited_copy(tmp_path / "a", {"IMGSZ": "1280", "BATCH": "64"})
-    text = (folder / "train.py").read_text()
-    assert "\nIMGSZ = 1280              # training" in text and "\nBATCH = 64" in text
-    assert "import bench_profile; bench_profile.attach(model)" in text
-    with pytest.raises(SystemExit, match="no knob BACTH in train.py"):
-        bench_cards.edited_copy(tmp_path / "b", {"BACTH": "64"})
     assert bench_cards.parse_card("80:IMGSZ=1280") == ("80GB-IMGSZ1280", 80.0, {"IMGSZ": "1280"})
     assert bench_cards.parse_card("all") == ("all", None, {})

@@ -423,8 +423,9 @@ def test_a_run_writes_only_its_run_folder_and_the_record_whatever_train_py_passe
     for _ in range(2):
         rc, log = run_train(repo, dataset / "data.yaml", budget=1)
         assert rc == 0, log[-3000:]
-    assert snapshot(repo, dataset, leave_out=("run", "record")).keys() == before.keys()
-    assert {p: v for p, v in snapshot(repo, dataset, leave_out=("run", "record")).items() if p.name != "run.log"} == \
+    after = snapshot(repo, dataset, leave_out=("run", "record"))
+    assert after.keys() == before.keys()
+    assert {p: v for p, v in after.items() if p.name != "run.log"} == \
         {p: v for p, v in before.items() if p.name != "run.log"}
     assert ((repo / "run" / "weights" / "best.pt").is_file()
             and summary_of(log)["run_dir"] == str(repo / "run"))
