@@ -156,8 +156,10 @@ def test_a_device_request_the_machine_cannot_meet_fails_before_anything_is_writt
     rc, log = run_train(repo, tiny_data / "data.yaml")
     assert_failed(rc, log, says)
     assert "time budget:" not in log and "Starting training" not in log  # failed before any GPU time
-    # no run/
-    assert sorted(p.name for p in repo.iterdir()) == ["harness", "prepare.py", "run.log", "train.py"]
+    # no run/: only the run's line in the record
+    assert sorted(p.name for p in repo.iterdir()) == ["harness", "prepare.py", "record", "run.log",
+                                                      "train.py"]
+    assert not (repo / "record" / "best").exists()
 
 
 def test_device_requests():
@@ -252,7 +254,7 @@ import ultralytics.engine.trainer as trainer_mod
 print(json.dumps({{
     "trainer": state["trainer"] is prepare.Trainer, "prepare": prepare.__file__,
     "check_amp": trainer_mod.check_amp is runtime.check_amp,
-    "excepthook": getattr(sys.excepthook, "func", None) is supervisor._excepthook,
+    "excepthook": sys.excepthook is supervisor._excepthook,
     "labels_cache": dataset_mod.save_dataset_cache_file is runtime.save_labels_cache,
     "env": [os.environ.get(k) for k in ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_CONFIG_DIR")]}}))
 """

@@ -194,7 +194,8 @@ def test_run_folder_is_emptied_and_keeps_latest_results(default_run):
     assert not (run_dir / "stale").exists()
     assert (run_dir / "weights" / "last.pt").is_file()
     assert (run_dir / "results.csv").is_file()
-    assert sorted(p.name for p in repo.iterdir()) == ["harness", "prepare.py", "run", "run.log", "train.py"]
+    assert sorted(p.name for p in repo.iterdir()) == ["harness", "prepare.py", "record", "run", "run.log",
+                                                      "train.py"]
 
 
 def test_second_run_reuses_the_run_folder(default_run, tiny_data):
