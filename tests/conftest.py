@@ -117,6 +117,17 @@ def commit_all(repo, message="baseline"):
     return git(repo, "rev-parse", "HEAD").strip()
 
 
+def communicate_or_fail(proc, timeout, what):
+    """(stdout, stderr) of proc, started in a session of its own, once it exits. Past timeout the whole
+    session is killed and the test fails with `what` and the end of the output."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{what}:\n{(out or '')[-2000:]}{(err or '')[-2000:]}")
+
+
 def run_train(repo, data_yaml=None, budget=3, env=None, timeout=600):
     """Run train.py like the agent does (stdout and stderr into one log); returns (exit code, log). A run
     still going after `timeout` seconds is a hang: it gets SIGTERM, as from `timeout 600 uv run train.py` (the

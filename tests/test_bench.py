@@ -4,13 +4,12 @@ import difflib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, make_repo, run_train, summary_of
+from conftest import REPO, communicate_or_fail, make_repo, run_train, summary_of
 
 ATTACH = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); "
           "import bench_profile; bench_profile.attach(model)")
@@ -111,12 +110,7 @@ def bench_py(*args, script=REPO / "tests" / "bench.py", env=None, timeout=120):
     run it started are killed, and the test fails."""
     proc = subprocess.Popen([sys.executable, str(script), *args], cwd=REPO, env={**os.environ, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"bench.py still running after {timeout} s, killed:\n{stdout[-2000:]}{stderr[-2000:]}")
+    stdout, stderr = communicate_or_fail(proc, timeout, f"bench.py still running after {timeout} s, killed")
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 

@@ -1,8 +1,6 @@
 """Behaviour of the procedural ship-imagery generator (the synthetic stand-in, harness/synthetic.py)."""
 
-import os
 import re
-import signal
 import subprocess
 import sys
 
@@ -11,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, communicate_or_fail
 from harness import common, synthetic
 from harness.dataset import check_dataset, find_dataset
 from harness.synthetic import generate_synthetic, render_scene, save_sample_mosaic
@@ -153,12 +151,8 @@ def test_generation_works_after_cv2_was_used_in_this_process(tmp_path):
             f"generate_synthetic({str(tmp_path / 'after_cv2')!r}, {{'valid': 2}}, seed=0, workers=1)")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=HANG_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"generation hung after cv2 was used in the process: no end in {HANG_S} s\n{out[-2000:]}")
+    out, _ = communicate_or_fail(proc, HANG_S,
+                                 f"generation hung after cv2 was used in the process: no end in {HANG_S} s")
     assert proc.returncode == 0, out[-3000:]
     assert (tmp_path / "after_cv2" / "data.yaml").is_file()
 
