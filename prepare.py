@@ -98,10 +98,7 @@ def supervise():
         TIME_BUDGET, SETUP_LIMIT, TRAIN_PY_LIMIT, END_ALLOWANCE, FIRST_VAL_ALLOWANCE, EXIT_GRACE))
     code, error = child.finish(), child.first("error")
     if error or code or not done:
-        raise HarnessError(error["error"] if error else
-                           f"train.py ended ({supervisor.describe_exit(code)}) without finishing: it must "
-                           "call prepare.start(), model.train(...) and prepare.finish(model); the log above "
-                           "says where it stopped")
+        raise HarnessError(error["error"] if error else supervisor.ended_early(code))
     dataset.check_unchanged(yaml_path, stats, before)
     metrics, val_seconds, val_peak = validate_best(done, yaml_path, stats)
     return print_summary(done, child, metrics, val_seconds, val_peak, yaml_path, kind)

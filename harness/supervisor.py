@@ -9,6 +9,7 @@ import errno
 import functools
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -379,14 +380,20 @@ def stop(proc, grace, groups=()):
             pass
 
 
-def describe_exit(code):
-    """How the child ended, in words: 'exit code 1', 'signal SIGSEGV'."""
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
+def ended_early(code):
+    """The `error:` line's text for a child that ended with `code` (negative: a signal) without finishing."""
+    if code == -signal.SIGKILL:  # never the supervisor's: its limits end the run with their own lines
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+        return (f"train.py was killed (signal SIGKILL) after holding up to {peak:.1f} GB of this machine's "
+                f"{total:.1f} GB of memory: near all of it, the kernel's out-of-memory killer ended it; "
+                "lower BATCH or IMGSZ in train.py")
+    try:
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    except ValueError:
+        how = f"signal {-code}"
+    return (f"train.py ended ({how}) without finishing: it must call prepare.start(), model.train(...) and "
+            "prepare.finish(model); the log above says where it stopped")
 
 
 @functools.cache

@@ -350,6 +350,18 @@ def test_a_child_that_ends_early_ends_the_log_with_an_error_line(tiny_data, tmp_
     assert_failed(rc, log, says)
 
 
+def test_a_child_killed_from_outside_names_its_peak_memory_and_the_fix(tiny_data, tmp_path):
+    # the kernel's out-of-memory killer sends SIGKILL, with no line of its own in the log
+    repo = make_repo(tmp_path, after_train="import os, signal; held = b'x' * 1_500_000_000; "
+                                           "os.kill(os.getpid(), signal.SIGKILL)")
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    last = assert_failed(rc, log, "error: train.py was killed (signal SIGKILL) after holding up to ")
+    peak, total = (float(x) for x in re.findall(r"([\d.]+) GB", last))
+    assert 1.5 <= peak < total
+    assert total == pytest.approx(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, abs=0.1)
+    assert last.endswith("lower BATCH or IMGSZ in train.py")
+
+
 def test_an_error_after_the_summary_is_handed_over_cannot_follow_it(tiny_data, tmp_path):
     repo = edited(make_repo(tmp_path), "prepare.finish(model)",
                   "prepare.finish(model)\nimport atexit; atexit.register(lambda: 1 / 0)")
