@@ -386,8 +386,8 @@ def ended_early(code):
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
         return (f"train.py was killed (signal SIGKILL) after holding up to {peak:.1f} GB of this machine's "
-                f"{total:.1f} GB of memory: near all of it, the kernel's out-of-memory killer ended it; "
-                "lower BATCH or IMGSZ in train.py")
+                f"{total:.1f} GB of memory; when that is near all of it, the kernel's out-of-memory killer "
+                "ended it: lower BATCH or IMGSZ in train.py")
     try:
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
     except ValueError:
