@@ -10,6 +10,7 @@ Usage:
     uv run prepare.py --weights yolo11n.pt   # one-time download of pretrained weights into weights/
     uv run prepare.py progress               # results.tsv and the run record -> a summary and progress.png
     uv run prepare.py progress --test        # the human's morning check: the kept bests on the test split
+    uv run prepare.py night                  # a new night (new dataset or contract): the record moves aside
 
 `uv run train.py > run.log 2>&1`: train.py's first statement imports this module, and that process
 becomes the supervisor before any of train.py's own code runs. It checks and fingerprints the dataset,
@@ -20,11 +21,13 @@ of the log.
 
 A run ends with the summary as its last lines and exit code 0, or with one `error:` line last, no
 `fitness:` line and a non-zero exit code (README.md quotes them), when:
-- train.py has code above `import prepare`, or the dataset is broken (before the child starts);
+- train.py has code above `import prepare`, the dataset is broken, or the read-only files or the dataset
+  differ from the night's baseline (the record's first run: harness/night.py), all before the child starts;
 - DEVICE, a knob or MODEL is refused (start() and the trainer, before training);
 - BATCH does not fit the GPU (before the first step, measured by harness/memory.py; never halved);
 - training runs out of memory, or its loss is NaN;
-- train.py changed what gets evaluated, or started a second training;
+- train.py changed what gets evaluated, started a second training, left a process running after it exited,
+  or opened a file of the val or test split (but its own validations with VAL = True: harness/watch.py);
 - a time limit passes (below), or the dataset or best.pt changed during the run;
 - the child crashed, was killed or exited without finishing; SIGTERM or Ctrl-C.
 A train.py that does not parse never gets here: Python's SyntaxError ends it.
@@ -41,7 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import common, dataset, ddp, device, runtime, supervisor, validation
+from harness import common, dataset, ddp, device, night, record, runtime, supervisor, validation, watch
 from harness.common import CACHE_DIR, GPU_DATA_ENV, REPO_DIR, RUN_DIR, HarnessError, banner
 from harness.device import pick_device, resolve_weights  # start()'s `device` is train.py's DEVICE
 
@@ -86,12 +89,22 @@ supervisor.install(REPO_DIR / "train.py", workers=__name__ == "__mp_main__")
 def supervise():
     """Check the dataset, run train.py's child, hold the limits, validate its best.pt, print the summary.
     Returns the exit code (0: the summary was printed); a failure raises HarnessError, the last line."""
+    supervisor.adopt_orphans()  # every process the run starts, even a detached one, ends with it
+    lines = record.read_record()  # the night: one contract, one dataset (harness/night.py)
+    night.check_contract(lines, night.contract(), record.RECORD)
     yaml_path, kind = dataset.find_dataset()
     stats = dataset.check_dataset(yaml_path)
     print(dataset.dataset_line(yaml_path, kind, stats))
     before = dataset.fingerprint(yaml_path, stats)
+    key, files = night.dataset_of(stats, before)
+    supervisor.note(dataset=key)
+    night.check_dataset(lines, key, files, record.RECORD)
     shutil.rmtree(RUN_DIR, ignore_errors=True)  # nothing of an earlier run can pass for this one's
-    os.environ[DATASET_ENV] = json.dumps({"yaml": str(yaml_path), "kind": kind, "stats": stats}, default=str)
+    child_stats, view = dataset.views(stats, RUN_DIR / "view")  # val through links of its own, no test
+    os.environ[DATASET_ENV] = json.dumps({"yaml": str(yaml_path), "kind": kind, "stats": child_stats},
+                                         default=str)
+    device.name_gpu_neighbours(record.knobs_of(Path(sys.argv[0]).read_text()).get("DEVICE"))
+    held_out = watch.HeldOut(stats, view, first_of_night=night.baseline(lines, "dataset")[1] is None)
     child = supervisor.Child(sys.argv, TIME_BUDGET, marked=SUMMARY_KEYS + ("error",))
     threading.Thread(target=lambda: __import__("ultralytics"), daemon=True).start()  # ready when needed
     done = supervisor.hold_limits(child, supervisor.Limits(
@@ -99,8 +112,11 @@ def supervise():
     code, error = child.finish(), child.first("error")
     if error or code or not done:
         raise HarnessError(error["error"] if error else supervisor.ended_early(code))
+    if child.leftovers:
+        raise HarnessError(supervisor.left_behind(child.leftovers))
+    held_out.check(child.first("train_start"))
     dataset.check_unchanged(yaml_path, stats, before)
-    metrics, val_seconds, val_peak = validate_best(done, yaml_path, stats)
+    metrics, val_seconds, val_peak = validate_best(done, yaml_path, child_stats)
     return print_summary(done, child, metrics, val_seconds, val_peak, yaml_path, kind)
 
 

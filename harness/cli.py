@@ -1,5 +1,5 @@
 """prepare.py's commands (its docstring lists them): check the dataset, generate the stand-in, fetch weights,
-plot the night's progress (with --rebuild and --test: harness/progress.py)."""
+plot the night's progress (with --rebuild and --test: harness/progress.py), start a new night."""
 
 import argparse
 from pathlib import Path
@@ -9,10 +9,10 @@ from harness.dataset import check_dataset, dataset_line, find_dataset
 
 def main(argv=None):
     """Run one command; returns the exit code."""
-    from harness import progress, record, synthetic
+    from harness import night, progress, record, synthetic
     from harness.device import download_weights
     parser = argparse.ArgumentParser(description="Dataset prep and checks for autoresearch on ships.")
-    parser.add_argument("command", nargs="?", default="check", choices=["check", "progress"])
+    parser.add_argument("command", nargs="?", default="check", choices=["check", "progress", "night"])
     parser.add_argument("--synthetic", choices=sorted(synthetic.SYNTH_SCALES),
                         help="generate the stand-in at this scale")
     parser.add_argument("--weights", metavar="NAME.pt", help="download Ultralytics weights into weights/")
@@ -24,6 +24,12 @@ def main(argv=None):
     parser.add_argument("--test", action="store_true",
                         help="progress: validate the archived baseline and bests on the test split")
     args = parser.parse_args(argv)
+    if args.command == "night":
+        moved = night.start_new_night(args.record)
+        print(f"a new night: the next run is its baseline; the last night's record is in {moved}, readable "
+              f"with `uv run prepare.py progress --record {moved / args.record.name}`" if moved else
+              f"a new night: {args.record} holds no run yet, so the next run is the night's baseline")
+        return 0
     if args.command == "progress":
         return progress.progress(args.results, "progress.png", args.record, test=args.test,
                                  rebuild=args.rebuild)

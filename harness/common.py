@@ -42,6 +42,15 @@ def write_atomic(path, data):
         tmp.write_bytes(data)
 
 
+def command_line(pid):
+    """A process's command line, shortened, from /proc ('?' where it cannot be read)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:120] or "?"
+
+
 def find_trainer(tb):
     """The Ultralytics trainer whose frame raised, if any (to say which batch ran out of memory)."""
     trainer = None

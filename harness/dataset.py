@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -326,3 +327,28 @@ def check_unchanged(yaml_path, stats, before):
     if changes := describe_changes(before, after):
         raise HarnessError(f"the dataset changed during the run: {changes}; train.py must not write there "
                            "(program.md); restore the dataset")
+
+
+def link_view(folder, dest):
+    """A view of a split at dest/images and dest/labels made of hard links: the same files under other names,
+    so that opens through the view are told apart from opens of the dataset's own folders (harness/watch.py).
+    Returns dest/images, or None where hard links cannot be made (dest on another filesystem)."""
+    images, labels = split_files(folder)
+    source_labels = label_folder(folder)
+    try:
+        for src, top, sub in [(im, folder, "images") for im in images] + [
+                (lb, source_labels, "labels") for lb in labels if lb and lb.is_file()]:
+            target = dest / sub / Path(src).relative_to(top)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(src, target)
+    except OSError:
+        shutil.rmtree(dest, ignore_errors=True)
+        return None
+    return dest / "images"
+
+
+def views(stats, dest):
+    """The splits as the child sees them: val through a view of hard links in dest (link_view; the dataset's
+    own folder where links cannot be made). Returns (stats for the child, the view or None)."""
+    view = link_view(stats["val"].folder, dest / "val")
+    return ({**stats, "val": stats["val"]._replace(folder=view)} if view else stats), view

@@ -141,6 +141,54 @@ def pick_device(request=None):
     return list(ids), f"cuda:{','.join(map(str, ids))} {len(ids)} x {name}"
 
 
+def gpu_neighbours(device):
+    """['GPU i: pid P (command line) holds N MB'] for each other process that holds memory on the GPUs that
+    train.py's DEVICE names (None: GPU 0; an index; a list; anything else: every GPU), as NVML lists them, in
+    CUDA's numbering; [] without NVML or without a GPU."""
+    if device == "cpu":
+        return []
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        handles = visible_gpus(pynvml)
+    except Exception:  # no driver, no NVML: nothing to name
+        return []
+    wanted = ([0] if device is None else [device] if isinstance(device, int)
+              else device if isinstance(device, list) else range(len(handles)))
+    rows = []
+    for i in (i for i in wanted if isinstance(i, int) and 0 <= i < len(handles)):
+        try:
+            processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handles[i])
+        except pynvml.NVMLError:
+            continue
+        rows += [f"GPU {i}: pid {p.pid} ({common.command_line(p.pid)}) holds "
+                 f"{(p.usedGpuMemory or 0) / 2**20:,.0f} MB" for p in processes if p.pid != os.getpid()]
+    return rows
+
+
+def name_gpu_neighbours(device):
+    """Name in the log each other process that holds memory on the GPUs of train.py's DEVICE: two agents
+    sharing a card by mistake, or a process an earlier run left."""
+    for row in gpu_neighbours(device):
+        print(f"supervisor: another process holds memory on this run's GPU, {row}: the card is shared, so "
+              "this run's speed and peak memory are not its own")
+
+
+def visible_gpus(pynvml):
+    """NVML's handles of the GPUs CUDA shows this process, in CUDA's order (CUDA_VISIBLE_DEVICES: indices or
+    UUIDs)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    handles = []
+    for entry in (e.strip() for e in visible.split(",")):
+        if not entry:
+            break
+        handles.append(pynvml.nvmlDeviceGetHandleByIndex(int(entry)) if entry.isdigit()
+                       else pynvml.nvmlDeviceGetHandleByUUID(entry))
+    return handles
+
+
 def process_gpu_mb(index, pid=None):
     """What NVML says a process (this one by default) holds on GPU `index`, in MB, as nvidia-smi shows it;
     None where NVML cannot tell (no NVML, or another PID namespace)."""

@@ -577,6 +577,8 @@ class TrainingData:
     validation; and a run that ends where Ultralytics would halve the batch after running out of memory."""
 
     def get_dataloader(self, dataset_path, batch_size=16, rank=0, mode="train"):
+        if mode == "val" and not self.args.val:  # nothing validates in training: the val split is not read
+            return validation.NO_BATCHES
         if mode == "val" and self.world_size <= 1 and validation.prebuilt():  # VAL = True: decoded once
             # workers start on first use
             loader = super().get_dataloader(dataset_path, batch_size, rank, mode)

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from harness import record
+from harness import night, record
 from harness.common import CACHE_DIR
 
 RESULTS_COLUMNS = ["commit", "metric", "memory_gb", "status", "description"]
@@ -255,13 +255,19 @@ def fitness_of(line):
     return float(line["summary"]["fitness"]) if line.get("summary") else None
 
 
+def experiment(line):
+    """What makes two runs repeats of one experiment: the same train.py on the same dataset."""
+    return line.get("train_py"), line.get("dataset")
+
+
 def reruns_of(lines):
-    """{record line number: line number of the first successful run of the same train.py} for each line
-    that repeats a train.py already measured (numbers 1-based, as record/best/NNNN.pt). A repeat of a
-    crash is no re-run, unlike the record's `repeat`: the crash measured nothing."""
+    """{record line number: line number of the first successful run of the same train.py on the same
+    dataset} for each line that repeats an experiment already measured (numbers 1-based, as
+    record/best/NNNN.pt). A repeat of a crash is no re-run, unlike the record's `repeat`: the crash measured
+    nothing."""
     first, reruns = {}, {}
     for i, line in enumerate(lines, start=1):
-        digest = line.get("train_py")
+        digest = experiment(line)
         if digest in first:
             reruns[i] = first[digest]
         elif fitness_of(line) is not None:
@@ -270,11 +276,12 @@ def reruns_of(lines):
 
 
 def repeated_runs(lines):
-    """{train.py digest: [fitness of each successful run]} of the train.py's that ran twice or more."""
+    """{experiment: [fitness of each successful run]} of the train.py's that ran twice or more on one
+    dataset: runs of two datasets are never paired."""
     runs = {}
     for line in lines:
         if (fitness := fitness_of(line)) is not None:
-            runs.setdefault(line.get("train_py"), []).append(fitness)
+            runs.setdefault(experiment(line), []).append(fitness)
     return {digest: f for digest, f in runs.items() if len(f) > 1}
 
 
@@ -366,6 +373,26 @@ def disagreements(rows, lines, matched, path, record_path):
                             "hold what ran; commit before each run")
     return warnings
 
+
+def night_warnings(lines, record_path):
+    """One warning per record line whose dataset or read-only files differ from the night's baseline's, and
+    per commit since the baseline that changed read-only files (harness/night.py)."""
+    warnings = []
+    n_data, data = night.baseline(lines, "dataset")
+    n_contract, contract = night.baseline(lines, "contract")
+    for i, line in enumerate(lines, start=1):
+        where = f"{record_path} line {i} ({short_commit(line)})"
+        if data and line.get("dataset") and line["dataset"] != data["dataset"]:
+            warnings.append(f"{where}: another dataset than the night's baseline's (line {n_data}); its runs "
+                            "are not compared with the night's")
+        if contract and line.get("contract") and (
+                changed := night.contract_changes(contract["contract"], line["contract"])):
+            warnings.append(f"{where}: read-only files differ from the night's baseline's (line "
+                            f"{n_contract}): {night.named(changed)}")
+    for commit in night.contract_commits(contract.get("commit") if contract else None):
+        warnings.append(f"commit {commit}: changed read-only files after the night's baseline")
+    return warnings
+
 # ---------------------------------------------------------------------------
 # --rebuild: results.tsv from the record
 # ---------------------------------------------------------------------------
@@ -423,6 +450,8 @@ def validate_on_test(weights, stats):
     runtime.go_offline()  # before Ultralytics is imported, as prepare.py does
     runtime.configure_ultralytics()
     gpu, folder = device.pick_device(None)[0], HELD_OUT_DIR / str(os.getpid())
+    if view := dataset.link_view(stats["test"].folder, folder / "test"):  # not taken for a run's reads
+        stats = {**stats, "test": stats["test"]._replace(folder=view)}
     data = dataset.write_run_yaml(stats, folder / "data.yaml")
     settings = dict(data=str(data), split="test", device=gpu, single_cls=False, plots=False,
                     project=str(folder), name="val", exist_ok=True)
@@ -454,7 +483,7 @@ def held_out(lines, record_path):
     Returns [(record line number, test mAP50-95)]: [] without weights or without a test split."""
     from harness import dataset
     archived = [i for i, line in enumerate(lines, start=1) if line.get("weights")]
-    on_disk = [i for i in archived if Path(lines[i - 1]["weights"]).is_file()]
+    on_disk = [i for i in archived if record.weights_path(lines[i - 1], record_path).is_file()]
     if not on_disk:
         print(f"held-out check: the {len(archived)} archived weights that {record_path} names are gone from "
               "disk; nothing to validate" if archived else f"held-out check: no archived weights in "
@@ -468,7 +497,8 @@ def held_out(lines, record_path):
         return []
     print(f"held-out check: {len(on_disk)} archived run(s) on the test split of {yaml_path} "
           f"({stats['test'].images} images), validated as the metric is on val")
-    tested = list(zip(on_disk, validate_on_test([lines[i - 1]["weights"] for i in on_disk], stats)))
+    weights = [record.weights_path(lines[i - 1], record_path) for i in on_disk]
+    tested = list(zip(on_disk, validate_on_test(weights, stats)))
     baseline = "the baseline" if on_disk[0] == archived[0] else "the earliest archived weights left"
     print(f"held-out check: the archived runs, gains over {baseline}")
     print("\n".join(held_out_table(lines, tested)))
@@ -498,6 +528,7 @@ def progress(path="results.tsv", out_path="progress.png", record_path=None, test
     rows = mark_reruns(rows, lines, matched)
     if lines:
         warnings += disagreements(rows, lines, matched, path, record_path)
+        warnings += night_warnings(lines, record_path)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(summarize_results(rows))

@@ -4,8 +4,10 @@ of the baseline and of every new best, which `uv run prepare.py progress --test`
 
 A line: time, commit (HEAD) and train_py_changed (train.py differs from it), train_py (a digest of the file),
 repeat (how many earlier lines have that digest: a re-run when > 0), changed (the knobs that differ from the
-record's first run, the baseline; the first line has all of them as `knobs`), summary (the summary's values
-by key) or error (the `error:` line's text), wall_seconds, and for an archived run weights (its path).
+record's first run, the baseline; the first line has all of them as `knobs`), contract (digests of the
+read-only files) and dataset (a digest of the dataset's content, once checked: harness/night.py), summary (the
+summary's values by key) or error (the `error:` line's text), wall_seconds, and for an archived run weights
+(its path, relative to the record's folder).
 """
 
 import ast
@@ -18,6 +20,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from harness import night
 from harness.common import REPO_DIR
 
 RECORD_DIR = REPO_DIR / "record"
@@ -65,8 +68,9 @@ def git_state(train_py):
         return None, None
 
 
-def describe_run(train_py, wall_seconds, summary=None, error=None):
-    """The record line of this run, less what depends on earlier lines (append() adds that)."""
+def describe_run(train_py, wall_seconds, summary=None, error=None, **facts):
+    """The record line of this run, less what depends on earlier lines (append() adds that); facts: what the
+    supervisor learnt of the run (its dataset's digest)."""
     source = Path(train_py).read_bytes()
     commit, changed = git_state(train_py)
     try:
@@ -75,8 +79,9 @@ def describe_run(train_py, wall_seconds, summary=None, error=None):
         knobs = {}
     return {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "commit": commit, "train_py_changed": changed,
-            "train_py": hashlib.sha256(source).hexdigest()[:16], "knobs": knobs, "summary": summary,
-            "error": error, "wall_seconds": round(wall_seconds, 1)}
+            "train_py": hashlib.sha256(source).hexdigest()[:16], "knobs": knobs,
+            "contract": night.contract(Path(train_py).parent), **facts, "summary": summary, "error": error,
+            "wall_seconds": round(wall_seconds, 1)}
 
 # ---------------------------------------------------------------------------
 # The record file: appends only, one locked write a line
@@ -94,6 +99,11 @@ def read_record(path=RECORD):
         except ValueError:
             continue
     return lines
+
+
+def weights_path(line, record_path=RECORD):
+    """Where a line's archived weights are (None if it has none): stored relative to the record's folder."""
+    return Path(record_path).parent / line["weights"] if line.get("weights") else None
 
 
 def is_new_best(line, earlier):
@@ -118,7 +128,9 @@ def append(line, best_pt=None, path=RECORD):
             base = earlier[0].get("knobs", {})
             line["changed"] = {k: v for k, v in line.pop("knobs").items() if base.get(k, object()) != v}
         if best_pt and is_new_best(line, earlier):
-            line["weights"] = str(archive(best_pt, len(earlier) + 1, Path(path).parent / ARCHIVE.name))
+            folder = Path(path).parent
+            copy = archive(best_pt, len(earlier) + 1, folder / ARCHIVE.name)
+            line["weights"] = str(copy.relative_to(folder))
         os.write(fd, (json.dumps(line, default=str) + "\n").encode())
         os.fsync(fd)
     finally:

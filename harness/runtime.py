@@ -32,6 +32,7 @@ def configure_ultralytics():
     """Once Ultralytics is importable: finish the offline setup, keep the dataset read-only, and keep
     run.log short."""
     import matplotlib
+    import ultralytics.data.base as base_mod
     import ultralytics.data.dataset as dataset_mod
     import ultralytics.data.utils as data_utils
     import ultralytics.engine.trainer as trainer_mod
@@ -49,6 +50,9 @@ def configure_ultralytics():
     dataset_mod.save_dataset_cache_file = save_labels_cache
     # Ultralytics "restores" a truncated JPEG by rewriting it in place; it decodes as it is, so leave it.
     data_utils._replace_image = lambda im_file, write: None
+    # Its disk-speed check reads a few images of each split more (past the watch on the val split's reads)
+    # and warns "Slow image access" of any disk that is cold at a run's first read.
+    base_mod.check_file_speeds = lambda *args, **kwargs: None
     # No telemetry, and model.val() or a relative project= in train.py write into this checkout's run folder.
     ours = {"sync": False, "runs_dir": str(common.RUN_DIR), "weights_dir": str(common.WEIGHTS_DIR),
             "datasets_dir": str(common.CACHE_DIR / "datasets")}

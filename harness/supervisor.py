@@ -5,6 +5,7 @@ process.
 """
 
 import ast
+import ctypes
 import errno
 import functools
 import json
@@ -29,6 +30,10 @@ STOP_GRACE = 10                           # seconds between SIGTERM and SIGKILL
 # sooner, torchrun could not stop its workers, which run in sessions of their own.
 DDP_STOP_GRACE = 30
 CHILD_MARK = "train.py| "  # in front of a child's line that could pass for one of the supervisor's last lines
+PR_SET_CHILD_SUBREAPER = 36
+# After the child's exit, how long the processes it started get to end on their own before they are stopped
+# (a DataLoader worker notices its parent is gone within about a second).
+LEFTOVER_GRACE = 2
 
 
 def is_child():
@@ -118,10 +123,19 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+_FACTS = {}  # what the supervisor learnt of this run for its record line (note())
+
+
+def note(**facts):
+    """Keep facts of this run (its dataset's digest) for its record line, whatever its end."""
+    _FACTS.update(facts)
+
+
 def record_run(summary=None, error=None, best_pt=None):
     """The supervisor's line in the run record (harness/record.py) for this run: its summary or its error.
     Returns the line as written."""
-    line = record.describe_run(_INSTALLED["train_py"], time.time() - _INSTALLED["at"], summary, error)
+    line = record.describe_run(_INSTALLED["train_py"], time.time() - _INSTALLED["at"], summary, error,
+                               **_FACTS)
     return record.append(line, best_pt)
 
 
@@ -187,6 +201,7 @@ class Child:
             pass_fds=(write_fd,), start_new_session=True)
         os.close(write_fd)
         self.events, self.groups, self.marked, self.out = [], set(), marked, out
+        self.leftovers = []  # the processes the child left running, stopped at its end: ['pid (command)']
         self.changed = threading.Condition()
         self.threads = [threading.Thread(target=self._relay, daemon=True),
                         threading.Thread(target=self._collect, args=(read_fd,), daemon=True)]
@@ -279,8 +294,12 @@ class Child:
                 os.killpg(pgid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        # before the relay's end: a process left behind may hold the child's stdout open
+        self.leftovers = stop_leftovers()
         for t in self.threads:
             t.join(10)
+        if self.leftovers:
+            say(f"supervisor: stopped what train.py left running: {'; '.join(self.leftovers)}")
         return code
 
 
@@ -378,6 +397,75 @@ def stop(proc, grace, groups=()):
             proc.wait(wait)
         except subprocess.TimeoutExpired:
             pass
+
+
+# ---------------------------------------------------------------------------
+# A run's processes end with it
+# ---------------------------------------------------------------------------
+
+
+def adopt_orphans():
+    """Linux: every process the run starts stays below this one, even one that detaches (a session of its own,
+    a double fork): when its parent exits it becomes this process's child instead of init's, so the run's end
+    finds it (stop_leftovers)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def descendants(pid):
+    """The ids of the live processes below `pid`; zombies among this process's children are reaped."""
+    parents = {}
+    for entry in (e for e in Path("/proc").iterdir() if e.name.isdigit()):
+        try:
+            state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError, IndexError):
+            continue
+        parents[int(entry.name)] = (int(ppid), state)
+    below, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for child, (ppid, state) in parents.items():
+            if ppid != parent:
+                continue
+            todo.append(child)
+            if state != "Z":
+                below.append(child)
+            elif ppid == os.getpid():
+                try:
+                    os.waitpid(child, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+    return below
+
+
+def stop_leftovers(grace=LEFTOVER_GRACE):
+    """After the child's exit: the processes still below this one get `grace` seconds to end, then SIGTERM and
+    SIGKILL. Returns ['pid (command line)'] of those that had to be stopped."""
+    end = time.time() + grace
+    while (left := descendants(os.getpid())) and time.time() < end:
+        time.sleep(0.1)
+    named = [f"{pid} ({common.command_line(pid)})" for pid in left]
+    for sig, wait in ((signal.SIGTERM, STOP_GRACE), (signal.SIGKILL, 5)):
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        end = time.time() + wait
+        while left and time.time() < end:
+            time.sleep(0.1)
+            left = descendants(os.getpid())
+    return named
+
+
+def left_behind(leftovers):
+    """The `error:` line's text for a child that left processes running after it exited."""
+    shown = "; ".join(leftovers[:3]) + (" ..." if len(leftovers) > 3 else "")
+    return (f"train.py left {len(leftovers)} process{'es' * (len(leftovers) > 1)} running after it exited, "
+            f"now stopped: {shown}. A run's processes end with it (one could train outside the clock or hold "
+            "the GPU in the next run): start none that outlive train.py")
 
 
 def ended_early(code):

@@ -66,6 +66,21 @@ class PrebuiltBatches:
                 yield batch
 
 
+class NoBatches:
+    """The trainer's val loader with VAL = False: nothing validates during training, so nothing of the val
+    split is read (harness/watch.py holds the run to that)."""
+    dataset = ()
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self):
+        return 0
+
+
+NO_BATCHES = NoBatches()
+
+
 def validator_class():
     """Ultralytics' DetectionValidator with its DataLoader swapped for PrebuiltBatches of the same dataset."""
     from ultralytics.models.yolo.detect import DetectionValidator

@@ -5,6 +5,7 @@ temporary folder (so the run folder, weights/ and caches are the test's own), wi
 of budget and tiny images.
 """
 
+import json
 import os
 import re
 import shutil
@@ -36,10 +37,18 @@ FAST_KNOBS = {"IMGSZ": "64", "BATCH": "4", "NBS": "4", "WORKERS": "0"}
 EASY_KNOBS = {"IMGSZ": "96", "BATCH": "4", "NBS": "4", "LR0": "0.02", "WARMUP_EPOCHS": "0.0", "MOSAIC": "0.0"}
 EASY_BUDGET = 20
 EASY_MAP_FLOOR = 0.1
-# A line for train.py after training: best.pt validated in the child with Ultralytics' own defaults, as
-# the supervisor validates it afterwards in its own process.
-REVALIDATE = ("m = YOLO(str(prepare.RUN_DIR / 'weights' / 'best.pt')).val(data=run.data, device=run.device, "
-              "plots=False)\nprint(f'revalidated: {m.box.map:.6f}')")
+# best.pt validated with Ultralytics' own defaults in a process of its own, after the run (the child may not
+# read the val split outside its validations).
+VALIDATE = """
+import json, sys
+import prepare
+from harness import runtime
+runtime.configure_ultralytics()
+from ultralytics import YOLO
+m = YOLO(sys.argv[1]).val(data=sys.argv[2], split="val", device="cpu", plots=False, project=sys.argv[3],
+                          name="v")
+print("METRICS " + json.dumps({k: float(v) for k, v in m.results_dict.items()}))
+"""
 
 
 def pytest_collection_modifyitems(config, items):
@@ -126,6 +135,15 @@ def communicate_or_fail(proc, timeout, what):
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         pytest.fail(f"{what}:\n{(out or '')[-2000:]}{(err or '')[-2000:]}")
+
+
+def validate_independently(repo, data_yaml, folder):
+    """Ultralytics' own validation of a run's best.pt with its default settings, in a process of its own,
+    after the run. Returns its metrics by Ultralytics' keys."""
+    out = subprocess.run([sys.executable, "-c", VALIDATE, str(repo / "run" / "weights" / "best.pt"),
+                          str(data_yaml), str(folder)], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(next(line[8:] for line in out.stdout.splitlines() if line.startswith("METRICS ")))
 
 
 def run_train(repo, data_yaml=None, budget=3, env=None, timeout=600):

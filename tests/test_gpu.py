@@ -108,6 +108,7 @@ def test_a_batch_that_does_not_fit_beside_a_blocker_ends_before_the_clock_naming
         rc, log = run_train(make_repo(tmp_path, knobs), tiny_data / "data.yaml", budget=10)
         last = assert_failed(rc, log, "error: BATCH = 256 does not fit on cuda:0 ")
         assert "Epoch" not in log.split("error: BATCH")[0]  # no training step was taken
+        assert "supervisor: another process holds memory on this run's GPU, GPU 0: pid " in log  # the blocker
         fits = int(last.split(" fits (")[0].rsplit("BATCH = ", 1)[1])
         repo = make_repo(tmp_path, {**knobs, "BATCH": str(fits), "NBS": str(fits)}, name="fits")
         rc, log = run_train(repo, tiny_data / "data.yaml", budget=10)

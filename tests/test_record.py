@@ -58,8 +58,8 @@ def test_every_run_leaves_one_record_line_whatever_its_end(tiny_data, tmp_path):
     assert all(line["commit"] is None for line in lines)  # not a git checkout
     assert ok["knobs"]["IMGSZ"] == 64 and refused["changed"] == {"CACHE": "disk"}
     # the baseline's weights are archived: the weights of that run's best.pt
-    assert ok["weights"] == str(repo / "record" / "best" / "0001.pt")
-    assert device.weights_digest(ok["weights"]) == trained
+    assert ok["weights"] == "best/0001.pt"  # relative to the record's folder: a night moved aside keeps it
+    assert device.weights_digest(repo / "record" / ok["weights"]) == trained
     assert [line.get("weights") for line in lines[1:]] == [None] * 4
 
 

@@ -27,27 +27,8 @@ from conftest import (
     seed_grep,
     snapshot,
     summary_of,
+    validate_independently,
 )
-
-VALIDATE = """
-import json, sys
-import prepare
-from harness import runtime
-runtime.configure_ultralytics()
-from ultralytics import YOLO
-m = YOLO(sys.argv[1]).val(data=sys.argv[2], split="val", device="cpu", plots=False, project=sys.argv[3],
-                          name="v")
-print("METRICS " + json.dumps({k: float(v) for k, v in m.results_dict.items()}))
-"""
-
-
-def validate_independently(repo, data_yaml, tmp_path):
-    """Ultralytics' own validation of the run's best.pt with its default settings, in a process of its own."""
-    out = subprocess.run([sys.executable, "-c", VALIDATE, str(repo / "run" / "weights" / "best.pt"),
-                          str(data_yaml), str(tmp_path / "validation")],
-                         cwd=repo, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(next(line[8:] for line in out.stdout.splitlines() if line.startswith("METRICS ")))
 
 
 def edited(repo, old, new):
@@ -297,7 +278,7 @@ def test_the_supervisors_lines_go_past_a_patched_print_and_stdout(tmp_path):
     assert out.stdout == "fitness: 0.5\n", out.stderr
 
 # ---------------------------------------------------------------------------
-# The dataset: changed during a run is an error, changed between runs is named
+# The dataset: changed during a run is an error (between runs: tests/test_night.py)
 # ---------------------------------------------------------------------------
 
 def test_writing_into_the_dataset_during_a_run_ends_it(dataset, tmp_path):
@@ -307,16 +288,6 @@ def test_writing_into_the_dataset_during_a_run_ends_it(dataset, tmp_path):
     rc, log = run_train(repo, dataset / "data.yaml", budget=1)
     last = assert_failed(rc, log, "error: the dataset changed during the run: 1 added (")
     assert str(dataset / "train" / "images") in last
-
-
-def test_a_dataset_changed_between_runs_is_named_in_the_log(dataset, tmp_path):
-    repo = make_repo(tmp_path)
-    assert run_train(repo, dataset / "data.yaml", budget=1)[0] == 0
-    label = sorted((dataset / "train" / "labels").iterdir())[0]
-    label.write_text(label.read_text() + "0 0.5 0.5 0.1 0.1\n")
-    rc, log = run_train(repo, dataset / "data.yaml", budget=1)
-    assert rc == 0, log[-3000:]
-    assert f"WARNING: the dataset changed since the previous run: 1 changed ({label})" in log
 
 # ---------------------------------------------------------------------------
 # The last lines are the supervisor's
