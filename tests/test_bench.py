@@ -183,7 +183,7 @@ def test_a_knob_edit_that_matches_no_line_or_several_is_refused(tmp_path):
 
 
 def test_the_summary_is_the_last_block_after_a_dashes_line():
-    log = "train.py| ---\nfitness: 0.9\n---\nfitness: 0.123456\nbatch: 4\nnot a row\n"
+    log = "train.py| ---\n---\nepoch: 1\nfitness: 0.9\n---\nfitness: 0.123456\nbatch: 4\nnot a row\n"
     assert parse_summary(log) == {"fitness": "0.123456", "batch": "4"}
     assert parse_summary("epoch 1 ...\nerror: loss is nan\n") == {}
 
@@ -253,3 +253,10 @@ def test_a_card_is_named_for_its_free_memory_and_knobs():
     import cards
     assert cards.parse_card("80:IMGSZ=1280") == ("80GB-IMGSZ1280", 80.0, {"IMGSZ": "1280"})
     assert cards.parse_card("all") == ("all", None, {})
+
+
+def test_the_cards_bench_refuses_a_misspelt_knob_before_anything_runs(tmp_path):
+    import cards
+    with pytest.raises(SystemExit, match="bench: no knob BACTH in train.py"):
+        cards.main(["--out", str(tmp_path / "out"), "80:BACTH=64", "all"])
+    assert not (tmp_path / "out").exists()
