@@ -203,7 +203,7 @@ def test_the_sampler_records_nvidia_smi_and_the_peak_above_idle(tmp_path, monkey
     fake = tmp_path / "bin" / "nvidia-smi"  # memory.used of one card: 500 MiB idle, then 900, 1700, 1200
     fake.parent.mkdir()
     fake.write_text("#!/bin/sh\ncase \"$*\" in *-lms*) for m in 900 1700 1200; do echo $m; done; "
-                    "sleep 30;; *) echo 500;; esac\n")
+                    "exec sleep 30;; *) echo 500;; esac\n")  # exec: the kill ends it
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
     with smi.sampling("0", tmp_path, "run"):
