@@ -102,7 +102,7 @@ def test_a_batch_that_does_not_fit_beside_a_blocker_ends_before_the_clock_naming
                                                                                                tmp_path):
     """The memory plan on CUDA, with 4 GiB of the card left free by another process: BATCH = 256 at 640 px
     ends before the first step, and the batch its line names then trains, as itself."""
-    from bench_cards import card_with
+    from cards import card_with
     knobs = {"IMGSZ": "640", "BATCH": "256", "NBS": "256"}
     with card_with(4):
         rc, log = run_train(make_repo(tmp_path, knobs), tiny_data / "data.yaml", budget=10)

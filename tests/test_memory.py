@@ -6,7 +6,7 @@ import pytest
 
 from harness.memory import GB, images_on_gpu, margin
 
-# The default train.py on the `full` stand-in, as measured on an H200 (tests/BENCHMARKS.md, 2026-12-01): a
+# The default train.py on the `full` stand-in, as measured on an H200 (bench/BENCHMARKS.md, 2026-12-01): a
 # step of yolo11n at 640 px and batch 128 or 64, and the training images at their own size, the long side
 # capped at 640.
 STEP_128, STEP_64, IMAGES = 18.6 * GB, 9.4 * GB, 3.3 * GB
