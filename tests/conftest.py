@@ -206,13 +206,14 @@ def gpu_pipeline(args, data_yaml, device="cpu", fits_on_gpu=None):
 
     import torch
 
-    from harness import gpu_data, runtime
+    from harness import runtime
+    from harness.gpu_data import GpuDataset
     runtime.configure_ultralytics()
     from ultralytics.data.build import build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
     data = check_det_dataset(str(data_yaml))
     dataset = build_yolo_dataset(args, data["train"], 16, data, mode="train", stride=32)
-    return dataset, gpu_data.GpuDataset(dataset, copy(args), torch.device(device), fits_on_gpu)
+    return dataset, GpuDataset(dataset, copy(args), torch.device(device), fits_on_gpu)
 
 
 def seed_grep(log):

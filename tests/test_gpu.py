@@ -32,7 +32,7 @@ def gpu_dataset(data_yaml, device="cuda:0", fits_on_gpu=None, **knobs):
 def test_the_compiled_kernels_draw_what_the_torch_renderer_draws(tiny_data, knobs):
     gpu = gpu_dataset(tiny_data / "data.yaml", **knobs)
     plan = gpu.plan(gpu.index, np.random.default_rng(0))
-    tiles, params = torch.as_tensor(plan["tiles"]).cuda(), torch.as_tensor(plan["params"]).cuda()
+    tiles, params = torch.as_tensor(plan.tiles).cuda(), torch.as_tensor(plan.params).cuda()
     triton = gpu_data.render_triton(gpu.store, tiles, params, IMGSZ)
     torch_ = gpu_data.render_torch(gpu.store, tiles, params, IMGSZ)
     assert triton.dtype == torch.float16 and triton.shape == torch_.shape == (len(gpu), 3, IMGSZ, IMGSZ)

@@ -6,8 +6,8 @@ import sys
 
 from conftest import REPO
 
-MODULES = ["common", "runtime", "dataset", "synthetic", "synthetic.__main__", "gpu_data", "device", "ddp",
-           "progress", "supervisor", "validation", "cli", "memory"]
+MODULES = ["common", "runtime", "dataset", "synthetic", "synthetic.__main__", "gpu_data", "trainer", "device",
+           "ddp", "progress", "supervisor", "validation", "cli", "memory"]
 
 
 def test_the_harness_is_a_leaf_that_does_nothing_at_import():
