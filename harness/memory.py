@@ -22,9 +22,10 @@ MARGIN_SHARE, MARGIN_MIN = 0.05, 0.5 * GB
 # ---------------------------------------------------------------------------
 
 MEMINFO, STATUS, CLEAR_REFS = "/proc/meminfo", "/proc/self/status", "/proc/self/clear_refs"
-# A step at train.py's batch is what cannot be run (it is the out-of-memory); steps this small take seconds
-# on a CPU, and the need grows linearly in the batch beyond them (0.25 GB an image, yolo11n at 640 px).
-PROBE_BATCHES = (1, 2)
+# A step at train.py's batch is what cannot be run (it is the out-of-memory). Two probe steps of about one and
+# two 640 px images' pixels take seconds on a CPU and lift the need well above the allocator's noise (tens of
+# MB); beyond them it grows linearly in the batch (0.27 GB an image for yolo11n at 640 px).
+PROBE_PIXELS = 640 * 640
 
 
 def is_out_of_memory(exc):
@@ -252,6 +253,13 @@ def host_step_need(trainer, batch, labels):
     return step + beside_step(model_bytes(trainer), batch, trainer.args.imgsz, 4)
 
 
+def probe_batches(batch, imgsz):
+    """The two batches measured on the CPU: about PROBE_PIXELS and twice that, never above train.py's batch
+    (a batch that small is measured itself)."""
+    small = max(1, round(PROBE_PIXELS / imgsz**2))
+    return max(1, min(small, batch // 2)), max(2, min(2 * small, batch))
+
+
 def batch_that_fits(need, batch, room):
     """The largest of batch, batch // 2, batch // 4, ... whose need(b) bytes and margin fit in room bytes (the
     rule the GPU's plan applies); 0 where not even batch 1 fits."""
@@ -264,13 +272,14 @@ def host_plan(trainer, batch, labels, images_nbytes):
     """The memory plan on the CPU: True where a step at this batch (a DDP worker's share) fits in the memory
     this machine has available, read after the training images were decoded; else HarnessError."""
     world = max(trainer.world_size, 1)
-    step = HostStep.through([(b, host_step_need(trainer, b, labels)) for b in PROBE_BATCHES])
+    probes = probe_batches(batch, trainer.args.imgsz)
+    step = HostStep.through([(b, host_step_need(trainer, b, labels)) for b in probes])
     mem = HostMemory(*host_memory(), status_bytes("VmRSS"), images_nbytes)
     fits = batch_that_fits(step.need, batch, mem.available / world)  # DDP workers on a CPU share its memory
     if fits < batch:
         raise HarnessError(host_does_not_fit(batch, fits, step, mem, world))
     print(f"memory plan: a training step at batch {batch} needs about {step.need(batch) / GB:.1f} GB of host "
-          f"memory ({step.per_image / GB:.2f} GB an image, measured at batch "
+          f"memory ({step.per_image / GB:.2g} GB an image, measured at batch "
           f"{' and '.join(str(b) for b, _ in step.probes)}), {mem.available / GB:.1f} GB available")
     return True
 
@@ -287,9 +296,9 @@ def host_does_not_fit(batch, fits, step, mem, world=1):
     if fits:
         advice = (f"BATCH = {fits * world} fits (about {step.need(fits) / GB:.1f} GB): set it in train.py, "
                   "or lower IMGSZ or the model's size")
-    return (f"{asked} does not fit in this machine's memory ({mem.total / GB:.1f} GB, "
+    return (f"{asked} does not fit on the cpu (this machine's memory: {mem.total / GB:.1f} GB, "
             f"{mem.available / GB:.1f} GB available, this process holding {mem.held / GB:.1f} GB{images}): "
             f"a training step at batch {batch} needs about {need / GB:.1f} GB more and "
             f"{margin(need) / GB:.1f} GB to spare, extrapolated from probe steps measured before the clock "
             f"({probes}: the growth of this process's peak resident memory, VmHWM, plus the next batch and "
-            f"optimizer state; {step.per_image / GB:.2f} GB an image); {advice}")
+            f"optimizer state; {step.per_image / GB:.2g} GB an image); {advice}")
