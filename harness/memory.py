@@ -197,10 +197,11 @@ class HostStep(NamedTuple):
 
     @classmethod
     def through(cls, probes):
-        """The line through two measured (batch, bytes) probes."""
+        """The line through two measured (batch, bytes) probes; level through the second where the allocator's
+        noise (at a few MB a probe) made the first the larger."""
         (b1, n1), (b2, n2) = probes
-        per_image = (n2 - n1) / (b2 - b1)
-        return cls(tuple(probes), n1 - per_image * b1, per_image)
+        per_image = max((n2 - n1) / (b2 - b1), 0.0)
+        return cls(tuple(probes), n2 - per_image * b2, per_image)
 
     def need(self, batch):
         """Bytes of host memory a step at this batch needs, extrapolated."""

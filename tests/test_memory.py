@@ -60,6 +60,11 @@ def test_the_cpus_need_is_the_line_through_two_probe_steps():
     assert step.need(128) == pytest.approx(34.58 * GB)
 
 
+def test_a_larger_probe_that_measured_less_never_lowers_the_need():
+    step = HostStep.through(((2, 60 * MB), (4, 58 * MB)))  # 64 px: the allocator's noise outweighs 2 images
+    assert step.per_image == 0 and step.need(4) == step.need(128) == 58 * MB
+
+
 @pytest.mark.parametrize("available, fits", [
     (CPU_AVAILABLE, 64),     # this machine: 128 needs 34.6 GB, 64 needs 17.3 GB and 0.9 GB to spare
     (17.0 * GB, 32),         # 64 does not leave its margin
