@@ -47,7 +47,7 @@ class GpuDataset:
                                "check the dataset")
         cuda = device.type == "cuda"
         # Images that do not fit on the GPU: each batch's images are gathered and copied over (fetch).
-        self.gather = cuda and fits_on_gpu is not None and not fits_on_gpu(store.nbytes)
+        self.gather = fits_on_gpu is not None and not fits_on_gpu(store.nbytes) and cuda  # the plan: CPU too
         self.store = store.to(device, pin=self.gather) if cuda else store
         self.copy_stream = torch.cuda.Stream(device) if self.gather else None
         if cuda:  # compile the Triton kernels now, before the training clock starts
