@@ -260,14 +260,14 @@ def _trainer_class():
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils import DEFAULT_CFG
 
-    from harness.gpu_data import TrainingData
+    from harness.trainer import TrainingData
 
     class Trainer(ddp.DDPTraining, TrainingData, DetectionTrainer):
         """Ultralytics' detection trainer with the harness's policy: it writes into the run folder only, its
         clock stops at the last optimizer step, a NaN loss ends the run at once, the last epoch is not
         validated (the supervisor validates best.pt), and checkpoints are written only when they can matter.
         The mixins: the image count and DDP (harness/ddp.py), the data pipeline and memory plan
-        (harness/gpu_data.py)."""
+        (harness/trainer.py)."""
         training_seconds = 0.0     # the trainer's clock at its end (DDP: rank 0's)
 
         def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):

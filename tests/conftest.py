@@ -7,7 +7,6 @@ of budget and tiny images.
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -22,9 +21,10 @@ CACHE = Path(tempfile.mkdtemp(prefix="autoresearch-test-cache-"))
 os.environ["AUTORESEARCH_CACHE"] = str(CACHE)  # before prepare is imported anywhere
 os.environ.pop("YOLO_DATA", None)
 
-from bench_profile import summary_of  # noqa: E402, F401  (tests import it from here)
 from easy_data import generate_easy  # noqa: E402
 from harness import supervisor  # noqa: E402
+from harness.knobs import add_arguments, edit_knobs, insert  # noqa: E402
+from harness.summary import parse_summary as summary_of  # noqa: E402, F401  (tests import it from here)
 from harness.synthetic import generate_synthetic  # noqa: E402
 
 TINY = {"train": 12, "valid": 6, "test": 4}
@@ -88,23 +88,20 @@ def dataset(tiny_data, tmp_path):
 
 
 def make_repo(tmp_path, knobs=None, call_extra="", before_train="", after_train="", name="repo"):
-    """A copy of prepare.py, harness/ and train.py in tmp_path/<name>, with knobs replaced, extra arguments
+    """A copy of prepare.py, harness/ and train.py in tmp_path/<name>, with knobs set, extra arguments
     added to model.train(...), and optional lines inserted before model.train(...) or
-    prepare.finish(model)."""
+    prepare.finish(model), each by harness/knobs.py's checked edits (one that matches no line fails)."""
     repo = tmp_path / name
     repo.mkdir(exist_ok=True)
     shutil.copy(REPO / "prepare.py", repo / "prepare.py")
     shutil.copytree(REPO / "harness", repo / "harness", ignore=shutil.ignore_patterns("__pycache__"))
-    text = (REPO / "train.py").read_text()
-    for name, value in {**FAST_KNOBS, **(knobs or {})}.items():
-        text, n = re.subn(rf"^{name} = .*$", f"{name} = {value}", text, flags=re.M)
-        assert n == 1, f"knob {name} not found in train.py"
+    text = edit_knobs((REPO / "train.py").read_text(), {**FAST_KNOBS, **(knobs or {})})
     if call_extra:
-        text = text.replace("seed=SEED,", f"seed=SEED, {call_extra},")
+        text = add_arguments(text, call_extra)
     if before_train:
-        text = text.replace("model = YOLO(run.weights)\n", f"model = YOLO(run.weights)\n{before_train}\n")
+        text = insert(text, "model = YOLO(run.weights)\n", f"{before_train}\n")
     if after_train:
-        text = text.replace("prepare.finish(model)", f"{after_train}\nprepare.finish(model)")
+        text = insert(text, "\nprepare.finish(model)", f"\n{after_train}", after=False)
     (repo / "train.py").write_text(text)
     return repo
 
@@ -227,13 +224,14 @@ def gpu_pipeline(args, data_yaml, device="cpu", fits_on_gpu=None):
 
     import torch
 
-    from harness import gpu_data, runtime
+    from harness import runtime
+    from harness.gpu_data import GpuDataset
     runtime.configure_ultralytics()
     from ultralytics.data.build import build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
     data = check_det_dataset(str(data_yaml))
     dataset = build_yolo_dataset(args, data["train"], 16, data, mode="train", stride=32)
-    return dataset, gpu_data.GpuDataset(dataset, copy(args), torch.device(device), fits_on_gpu)
+    return dataset, GpuDataset(dataset, copy(args), torch.device(device), fits_on_gpu)
 
 
 def seed_grep(log):

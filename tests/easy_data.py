@@ -1,6 +1,6 @@
 """An "easy" dataset for tests that compare metrics: a few seconds of CPU training learn it.
 
-The tiny synthetic stand-in (harness/synthetic.py) looks like aerial photos, and a short CPU run scores mAP 0
+The tiny synthetic stand-in (harness/synthetic/) looks like aerial photos, and a short CPU run scores mAP 0
 on it, so a test comparing two metrics would compare 0 with 0. Here every image is a dark, slightly noisy
 background with one or two big bright rectangles (each box a quarter to half of the image side), so a short
 run learns where they are: tests/test_train.py and tests/test_ddp.py assert mAP50-95 is above EASY_MAP_FLOOR
@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from harness.synthetic import SYNTH_DATA_YAML as EASY_YAML  # the Kaggle layout, as the stand-in's
+from harness.synthetic.write import SYNTH_DATA_YAML as EASY_YAML  # the Kaggle layout, as the stand-in's
 
 EASY_COUNTS = {"train": 32, "valid": 12, "test": 4}
 EASY_SIZE = 96  # px, square; train at IMGSZ = 96 so nothing is resized

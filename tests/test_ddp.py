@@ -4,7 +4,7 @@ A real DDP run: tests/cpu_ddp.py makes prepare.Trainer's DDP workers CPU process
 (Ultralytics' DDP wants CUDA devices), and everything else runs as on GPUs: the harness's launch of
 torch.distributed.run, the GPU data pipeline's shards, each worker's hand-off, the parent's final validation
 and the summary. What only GPUs show (memory per card, the speed-up) comes from
-`python3 tests/bench.py --ddp 2 --no-base` on two GPUs."""
+`python3 bench/bench.py --ddp 2 --no-base` on two GPUs."""
 
 import json
 import re

@@ -32,7 +32,7 @@ def gpu_dataset(data_yaml, device="cuda:0", fits_on_gpu=None, **knobs):
 def test_the_compiled_kernels_draw_what_the_torch_renderer_draws(tiny_data, knobs):
     gpu = gpu_dataset(tiny_data / "data.yaml", **knobs)
     plan = gpu.plan(gpu.index, np.random.default_rng(0))
-    tiles, params = torch.as_tensor(plan["tiles"]).cuda(), torch.as_tensor(plan["params"]).cuda()
+    tiles, params = torch.as_tensor(plan.tiles).cuda(), torch.as_tensor(plan.params).cuda()
     triton = gpu_data.render_triton(gpu.store, tiles, params, IMGSZ)
     torch_ = gpu_data.render_torch(gpu.store, tiles, params, IMGSZ)
     assert triton.dtype == torch.float16 and triton.shape == torch_.shape == (len(gpu), 3, IMGSZ, IMGSZ)
@@ -102,7 +102,7 @@ def test_a_batch_that_does_not_fit_beside_a_blocker_ends_before_the_clock_naming
                                                                                                tmp_path):
     """The memory plan on CUDA, with 4 GiB of the card left free by another process: BATCH = 256 at 640 px
     ends before the first step, and the batch its line names then trains, as itself."""
-    from bench_cards import card_with
+    from cards import card_with
     knobs = {"IMGSZ": "640", "BATCH": "256", "NBS": "256"}
     with card_with(4):
         rc, log = run_train(make_repo(tmp_path, knobs), tiny_data / "data.yaml", budget=10)

@@ -114,11 +114,11 @@ def test_without_augmentation_the_image_is_letterboxed_and_boxes_stay_on_their_s
 def test_close_mosaic_turns_mosaic_and_mixup_off(stats_data):
     _, gpu = gpu_pipeline(cfg(mixup=1.0), stats_data)
     rng = np.random.default_rng(0)
-    assert (gpu.plan(np.arange(16), rng)["params"][:, 19] > 0).all()  # every image mixed
+    assert (gpu_data.unpack_params(gpu.plan(np.arange(16), rng).params).mix > 0).all()  # every image mixed
     gpu.close_mosaic(cfg())
-    plan = gpu.plan(np.arange(16), rng)
-    assert (plan["params"][:, 9] == 4 * IMGSZ).all()  # no mosaic centre: plain images only
-    assert (plan["params"][:, 19] == 0).all()
+    params = gpu_data.unpack_params(gpu.plan(np.arange(16), rng).params)
+    assert (params.xc == 4 * IMGSZ).all()  # no mosaic centre: plain images only
+    assert (params.mix == 0).all()
 
 
 # ---------------------------------------------------------------------------
@@ -194,10 +194,8 @@ def draw_indexed(pipeline, n, pixels=True, batch=16):
     for a in range(0, n, batch):
         p = pipeline.plan(pipeline.index[np.arange(a, min(a + batch, n)) % len(pipeline)], rng)
         if pixels:
-            imgs.append(pipeline.render(torch.as_tensor(p["tiles"]),
-                                        torch.as_tensor(p["params"])).float().cpu())
-        draws += [(p["bboxes"][p["batch_idx"] == i] * KNOB_IMGSZ,
-                   p["cls"][p["batch_idx"] == i].ravel().astype(int))
+            imgs.append(pipeline.render(torch.as_tensor(p.tiles), torch.as_tensor(p.params)).float().cpu())
+        draws += [(p.bboxes[p.batch_idx == i] * KNOB_IMGSZ, p.cls[p.batch_idx == i].ravel().astype(int))
                   for i in range(min(batch, n - a))]
     return (torch.cat(imgs) if pixels else None), draws
 
@@ -443,13 +441,8 @@ def test_the_triton_renderer_draws_what_the_torch_renderer_draws(stats_data, kno
     """The GPU runs the Triton kernels; here Triton's interpreter runs them on the CPU."""
     _, gpu = gpu_pipeline(cfg(**knobs), stats_data)
     plan = gpu.plan(gpu.index[:12], np.random.default_rng(0))
-    tiles, params = torch.as_tensor(plan["tiles"]), torch.as_tensor(plan["params"])
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    gpu_data._triton_kernels.cache_clear()  # built anew under the interpreter, and after this test
-    try:
-        triton = gpu_data.render_triton(gpu.store, tiles, params, IMGSZ)
-    finally:
-        gpu_data._triton_kernels.cache_clear()
+    tiles, params = torch.as_tensor(plan.tiles), torch.as_tensor(plan.params)
+    triton = interpreted_triton(gpu.store, tiles, params, IMGSZ, monkeypatch)
     torch_ = gpu_data.render_torch(gpu.store, tiles, params, IMGSZ)
     assert triton.dtype == torch.float16 and triton.shape == torch_.shape == (12, 3, IMGSZ, IMGSZ)
     # channels-last, like the model on CUDA, and still so after the trainer's preprocess
@@ -457,6 +450,38 @@ def test_the_triton_renderer_draws_what_the_torch_renderer_draws(stats_data, kno
     diff = (triton.float() - torch_).abs()
     assert diff.mean() < 0.05  # half precision rounds 0..255 to 1/8 at most
     assert (diff > 1).float().mean() < 0.001  # a pixel on a tile seam may fall to the other side
+
+
+def interpreted_triton(store, tiles, params, s, monkeypatch):
+    """render_triton's batch, its kernels run by Triton's interpreter on the CPU."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    gpu_data.triton_render.kernels.cache_clear()  # built anew under the interpreter, and after this test
+    try:
+        return gpu_data.render_triton(store, tiles, params, s)
+    finally:
+        gpu_data.triton_render.kernels.cache_clear()
+
+
+def test_both_renderers_read_the_params_columns_from_the_one_layout(stats_data, monkeypatch):
+    """plan_batch writes the params rows through plan.LAYOUT and both renderers read them through it: with its
+    fields in the reverse order, every choice lands in other columns and the same batch is drawn."""
+    _, gpu = gpu_pipeline(cfg(mosaic=0.5, degrees=20.0, perspective=0.0005, mixup=0.5, hsv_h=0.1), stats_data)
+
+    def draw():
+        p = gpu.plan(gpu.index[:6], np.random.default_rng(0))
+        tiles, params = torch.as_tensor(p.tiles), torch.as_tensor(p.params)
+        return (p, gpu_data.render_torch(gpu.store, tiles, params, IMGSZ),
+                interpreted_triton(gpu.store, tiles, params, IMGSZ, monkeypatch))
+
+    plan, torch_, triton = draw()
+    choices = gpu_data.unpack_params(plan.params)
+    assert 0 < choices.mix.sum() < 6 and 0 < (choices.xc < 4 * IMGSZ).sum() < 6  # some mixed, some mosaics
+    layout = gpu_data.plan.LAYOUT
+    monkeypatch.setattr(gpu_data.plan, "LAYOUT", layout.of(layout.width, gpu_data.plan.Params._fields[::-1]))
+    moved, moved_torch, moved_triton = draw()
+    assert all(not np.array_equal(a, b) for a, b in zip(plan.params.T, moved.params.T))  # every column moved
+    assert np.array_equal(plan.bboxes, moved.bboxes) and np.array_equal(plan.tiles, moved.tiles)
+    assert torch.equal(torch_, moved_torch) and torch.equal(triton, moved_triton)
 
 
 def resized_store(dataset):
@@ -492,9 +517,9 @@ def test_images_at_their_own_size_draw_the_batches_that_resized_ones_drew(stats_
     plans = [gpu.plan(gpu.index[a:a + 16], rng) for a in range(0, len(gpu), 16)]
     draws = {}
     for name, store in (("own size", gpu.store), ("resized", resized_store(dataset))):
-        imgs = [gpu_data.render_torch(store, torch.as_tensor(p["tiles"]), torch.as_tensor(p["params"]), 320)
+        imgs = [gpu_data.render_torch(store, torch.as_tensor(p.tiles), torch.as_tensor(p.params), 320)
                 for p in plans]
-        boxes = [p["bboxes"][p["batch_idx"] == i] for p in plans for i in range(len(p["tiles"]))]
+        boxes = [p.bboxes[p.batch_idx == i] for p in plans for i in range(len(p.tiles))]
         draws[name] = torch.cat(imgs), boxes
     ours, theirs = describe(*draws["own size"]), describe(*draws["resized"])
     for key, tol in TOLERANCE.items():
@@ -508,7 +533,7 @@ def test_images_stored_at_their_resized_size_sample_the_same_as_padded_tiles(sta
     dataset, gpu = gpu_pipeline(cfg(mosaic=0.5, degrees=20.0), stats_data)
     store = resized_store(dataset)
     p = gpu.plan(gpu.index[:12], np.random.default_rng(0))
-    tiles, params = torch.as_tensor(p["tiles"]), torch.as_tensor(p["params"])
+    tiles, params = torch.as_tensor(p.tiles), torch.as_tensor(p.params)
     fast, general = (gpu_data.warp_torch(store, tiles, params, IMGSZ, padded) for padded in (None, False))
     assert (fast - general).abs().max() < 0.01
 
@@ -521,9 +546,9 @@ def test_with_every_knob_off_a_small_image_is_scaled_up_as_ultralytics_scales_it
     theirs = torch.stack([dataset[j]["img"] for j in range(8)]).float()
     their_boxes = [dataset[j]["bboxes"].numpy() for j in range(8)]
     p = gpu.plan(gpu.index[:8], np.random.default_rng(0))
-    ours = gpu.render(torch.as_tensor(p["tiles"]), torch.as_tensor(p["params"])).float()
+    ours = gpu.render(torch.as_tensor(p.tiles), torch.as_tensor(p.params)).float()
     for j in range(8):
-        assert np.abs(p["bboxes"][p["batch_idx"] == j] - their_boxes[j]).max() * 192 < 0.01
+        assert np.abs(p.bboxes[p.batch_idx == j] - their_boxes[j]).max() * 192 < 0.01
     diff = (ours - theirs).abs()
     assert diff.mean() < 0.2 and diff.max() < 2, (diff.mean(), diff.max())
 
@@ -547,7 +572,7 @@ def test_images_kept_in_host_memory_give_the_same_batches(stats_data):
     gathered = [b["img"] for b in gpu_data.GpuLoader(gpu, 16, seed=0)]
     assert len(gathered) == 4 and all(torch.equal(a, b) for a, b in zip(on_device, gathered))
     gpu.close_mosaic(cfg())
-    store, ids, _ = gpu.fetch(torch.as_tensor(gpu.plan(gpu.index[:16], np.random.default_rng(0))["tiles"]))
+    store, ids, _ = gpu.fetch(torch.as_tensor(gpu.plan(gpu.index[:16], np.random.default_rng(0)).tiles))
     assert len(store.table) == 16 and ids.shape == (16, 4)  # a plain image brings one image, not four
 
 

@@ -1,4 +1,4 @@
-"""Behaviour of the procedural ship-imagery generator (the synthetic stand-in, harness/synthetic.py)."""
+"""Behaviour of the procedural ship-imagery generator (the synthetic stand-in, harness/synthetic/)."""
 
 import re
 import subprocess
@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from conftest import REPO, communicate_or_fail
-from harness import common, synthetic
+from harness import common
 from harness.dataset import check_dataset, find_dataset
-from harness.synthetic import generate_synthetic, render_scene, save_sample_mosaic
+from harness.synthetic import generate_synthetic, render_scene, save_sample_mosaic, write
 
 TINY = {"train": 12, "valid": 4, "test": 4}
 NAME_RE = re.compile(r"^synth_\d{5}_jpg\.rf\.[0-9a-f]{32}\.jpg$")
@@ -129,14 +129,14 @@ def test_sample_mosaic(dataset, tmp_path):
 
 
 def test_losing_the_rename_race_keeps_the_winner(tmp_path, monkeypatch):
-    out, real_rename = tmp_path / "race", synthetic.os.rename
+    out, real_rename = tmp_path / "race", write.os.rename
 
     def other_process_wins(src, dst):  # another process finishes the same dataset first
         (tmp_path / "race" / "winner.txt").parent.mkdir()
         (tmp_path / "race" / "winner.txt").write_text("theirs")
         real_rename(src, dst)
 
-    monkeypatch.setattr(synthetic.os, "rename", other_process_wins)
+    monkeypatch.setattr(write.os, "rename", other_process_wins)
     assert generate_synthetic(out, {"train": 2}, seed=0, workers=1) == out / "data.yaml"
     assert sorted(p.name for p in out.iterdir()) == ["winner.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["race"], "temp build folder left behind"

@@ -129,7 +129,7 @@ def test_kept_batches_validate_the_same_on_every_pass(best_pt, varied_data, tmp_
 
 
 def test_bench_val_times_both_loaders_and_finds_no_difference(best_pt, varied_data):
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "bench_val.py"), "--weights", str(best_pt),
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "val.py"), "--weights", str(best_pt),
                            "--data", str(varied_data), "--imgsz", "96", "--repeat", "1", "--device", "cpu"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

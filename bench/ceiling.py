@@ -6,17 +6,16 @@ train.py's MODEL, IMGSZ, BATCH, NBS, OPTIMIZER and AMP, in each memory layout. T
 divided by the best of these is the share of the GPU that the data pipeline and the loop leave us.
 
 Usage (repo root):
-    python tests/bench_ceiling.py --out ceiling.json              # train.py's knobs, CUDA if present
-    python tests/bench_ceiling.py --compile --out ceiling.json    # also torch.compile (about 2 min)
-    python tests/bench_ceiling.py --train /tmp/variant/train.py   # another train.py's knobs
-    python tests/bench_ceiling.py --imgsz 64 --batch 4 --nbs 4 --iters 2 --warmup 1  # tiny, on CPU (tests)
+    python bench/ceiling.py --out ceiling.json              # train.py's knobs, CUDA if present
+    python bench/ceiling.py --compile --out ceiling.json    # also torch.compile (about 2 min)
+    python bench/ceiling.py --train /tmp/variant/train.py   # another train.py's knobs
+    python bench/ceiling.py --imgsz 64 --batch 4 --nbs 4 --iters 2 --warmup 1  # tiny, on CPU (tests)
 
 Prints one line per layout and writes a JSON: the knobs used, the card, and per layout img/s,
 ms per batch and peak memory. Nothing is downloaded: a .pt MODEL is timed as its .yaml architecture.
 """
 
 import argparse
-import ast
 import json
 import sys
 import time
@@ -25,7 +24,8 @@ from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-import prepare  # noqa: E402  first: YOLO_OFFLINE=1, YOLO_AUTOINSTALL=0, our settings folder
+import prepare  # noqa: E402, I001  first: YOLO_OFFLINE=1, YOLO_AUTOINSTALL=0, our settings folder
+from harness.record import knobs_of  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Constants
@@ -49,27 +49,10 @@ DEFAULTS = {"MODEL": "yolo11n.pt", "IMGSZ": 640, "BATCH": 16, "NBS": 64, "AMP": 
 # ---------------------------------------------------------------------------
 
 
-def read_knobs(train_py):
-    """The ALL_CAPS literal assignments at the top level of train.py (no import: it would train)."""
-    knobs = {}
-    for node in ast.parse(Path(train_py).read_text()).body:
-        if not isinstance(node, ast.Assign):
-            continue
-        for target in node.targets:
-            names = [target] if isinstance(target, ast.Name) else getattr(target, "elts", [])
-            values = [node.value] if isinstance(target, ast.Name) else getattr(node.value, "elts", [])
-            for name, value in zip(names, values):
-                if isinstance(name, ast.Name) and name.id.isupper():
-                    try:
-                        knobs[name.id] = ast.literal_eval(value)
-                    except ValueError:  # an expression, not a literal: not a knob we can read
-                        pass
-    return knobs
-
-
 def settings(args):
-    """What to time: train.py's knobs, then any command-line overrides."""
-    knobs = {**DEFAULTS, **read_knobs(args.train)}
+    """What to time: train.py's knobs (read as the run record reads them, no import: it would train), then any
+    command-line overrides."""
+    knobs = {**DEFAULTS, **knobs_of(Path(args.train).read_text())}
     for key in ("imgsz", "batch", "nbs", "model"):
         if getattr(args, key) is not None:
             knobs[key.upper()] = getattr(args, key)

@@ -6,12 +6,13 @@ training images went, the batch, steady img/s against that batch's own channels-
 the same blocker), and peak_vram_mb against nvidia-smi. The compute is still the big card's: compare ratios,
 not speeds.
 
-Usage (repo root, GPU machine; `tests/bench.py --cards ...` calls it):
-    python tests/bench_cards.py --out OUT all 24 16 12 8 80:IMGSZ=1280
+Usage (repo root, GPU machine; `bench/bench.py --cards ...` calls it):
+    python bench/cards.py --out OUT all 24 16 12 8 80:IMGSZ=1280
 A card is `all` (the whole card) or a number of GiB left free, with optional train.py knobs after a colon
-(`80:IMGSZ=1280,BATCH=64`), set by tests/bench.py's checked edit (a knob that matches no line of train.py
+(`80:IMGSZ=1280,BATCH=64`), set by harness/knobs.py's checked edit (a knob that matches no line of train.py
 ends the bench). --budget sets AUTORESEARCH_TIME_BUDGET (default 60 s). Files in OUT: per card LABEL.log,
-LABEL.profile.json, LABEL-ceiling.json, and cards.txt, the table printed last.
+LABEL.profile.json, LABEL.smi/.idle (bench/smi.py), LABEL-ceiling.json, and cards.txt, the table printed
+last.
 """
 
 import argparse
@@ -22,14 +23,19 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+import smi
 from bench import edited_copy, parse_knobs
-from bench_profile import summary_of
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from harness.common import HarnessError  # noqa: E402
+from harness.knobs import edit_knobs  # noqa: E402
+from harness.summary import parse_summary  # noqa: E402
+
 BLOCKER = """
 import sys, time, torch
 free = torch.cuda.mem_get_info()[0]
@@ -37,6 +43,17 @@ x = torch.empty(max(free - int(float(sys.argv[1]) * 2**30), 0), dtype=torch.uint
 print("holding", flush=True)
 time.sleep(86400)
 """
+
+
+class CardRun(NamedTuple):
+    """One train.py run on a card: what its row reads."""
+    summary: dict       # the summary's values ({} if the run failed)
+    last: str           # the log's last line
+    images: str         # where the training images went: 'GPU (3.0 GB)' or 'host memory (...)', else '-'
+    steady: float       # steady img/s (bench/profiler.py), 0 without a profile
+    smi: str            # nvidia-smi's peak MiB above the card's memory.used before the run, '-' without it
+    wall: float         # seconds
+    folder: Path        # the run's copy of the harness
 
 
 @contextlib.contextmanager
@@ -55,36 +72,12 @@ def card_with(gib):
         proc.wait()
 
 
-def gpu_used_mib():
-    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
-                          "-i", "0"], capture_output=True, text=True)
-    return int(out.stdout.split()[0])
-
-
-@contextlib.contextmanager
-def smi_peak():
-    """{'peak': MiB}: the most the GPU held above what it held on entry, sampled every 0.2 s inside."""
-    idle, seen, done = gpu_used_mib(), {"peak": 0}, threading.Event()
-
-    def sample():
-        while not done.wait(0.2):
-            seen["peak"] = max(seen["peak"], gpu_used_mib() - idle)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    try:
-        yield seen
-    finally:
-        done.set()
-        t.join()
-
-
 def run(label, knobs, gib, out, work, budget):
-    """One train.py run on a card with gib GiB free; returns its row's fields."""
+    """One train.py run on a card with gib GiB free: its CardRun."""
     folder = edited_copy(work / label, knobs)
     env = {**os.environ, "AUTORESEARCH_TIME_BUDGET": str(budget), "PYTHONUNBUFFERED": "1",
            "BENCH_PROFILE_OUT": str(out / f"{label}.profile.json")}
-    with card_with(gib), smi_peak() as smi:
+    with card_with(gib), smi.sampling(0, out, label):  # after the blocker: its memory counts as idle
         t = time.time()
         proc = subprocess.run([sys.executable, "train.py"], cwd=folder, env=env, capture_output=True,
                               text=True)
@@ -94,10 +87,10 @@ def run(label, knobs, gib, out, work, budget):
     where = re.search(r"GPU data: .* ([\d.]+) GB in (GPU|host memory)", log)
     profile = out / f"{label}.profile.json"
     steady = json.loads(profile.read_text())["totals"]["steady_img_per_s"] if profile.is_file() else 0.0
-    return {"log": log, "summary": summary_of(log),
-            "last": log.strip().splitlines()[-1] if log.strip() else "",
-            "images": f"{where[2]} ({where[1]} GB)" if where else "-", "steady": steady, "smi": smi["peak"],
-            "wall": wall, "folder": folder}
+    peak = smi.peak_above_idle(out / f"{label}.smi", out / f"{label}.idle")
+    return CardRun(parse_summary(log), log.strip().splitlines()[-1] if log.strip() else "",
+                   f"{where[2]} ({where[1]} GB)" if where else "-", steady,
+                   "-" if peak is None else f"{peak:.0f}", wall, folder)
 
 
 def ceiling(label, folder, gib, out):
@@ -105,7 +98,7 @@ def ceiling(label, folder, gib, out):
     0)."""
     path = out / f"{label}-ceiling.json"
     with card_with(gib):
-        subprocess.run([sys.executable, str(REPO / "tests" / "bench_ceiling.py"),
+        subprocess.run([sys.executable, str(REPO / "bench" / "ceiling.py"),
                         "--train", str(folder / "train.py"),
                         "--layouts", "channels_last", "--out", str(path)], capture_output=True, text=True)
     try:
@@ -122,37 +115,54 @@ def parse_card(spec):
     return label, None if free == "all" else float(free), knobs
 
 
+HEAD = ("card (GiB free)", "asked", "error: line", "images in", "batch", "steady img/s", "ceiling", "share",
+        "peak_vram_mb", "smi peak", "wall s")
+
+
+def card_row(spec, out, work, budget):
+    """The row of one card (a HEAD's worth of strings): train.py run beside the blocker, and once more at the
+    batch that the memory plan's `error:` line names, if it names one."""
+    label, gib, knobs = parse_card(spec)
+    r = run(label, knobs, gib, out, work, budget)
+    asked = knobs.get("BATCH", "train.py's")
+    refused = re.search(r"BATCH = (\d+) fits", r.last) if r.last.startswith("error:") else None
+    if refused:  # the memory plan's line: the same card again at the batch it names
+        knobs = {**knobs, "BATCH": refused[1]}
+        label += f"-batch{refused[1]}"
+        r = run(label, knobs, gib, out, work, budget)
+    s = r.summary
+    top = ceiling(label, r.folder, gib, out) if s else 0.0
+    return (label, asked, "names " + refused[1] if refused else "none", r.images, s.get("batch", "-"),
+            f"{r.steady:.0f}", f"{top:.0f}", f"{r.steady / top:.1%}" if top else "-",
+            s.get("peak_vram_mb", r.last[:60]), r.smi, f"{r.wall:.0f}")
+
+
+def table(rows):
+    """The cards' Markdown table: HEAD, then one line a row."""
+    return "\n".join("| " + " | ".join(row) + " |" for row in [HEAD, ["---"] * len(HEAD), *rows])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cards", nargs="+", help="all, or GiB left free, optionally :KNOB=VALUE,...")
     parser.add_argument("--out", default="bench-out", help="folder for logs and the table")
     parser.add_argument("--budget", type=float, default=60, help="AUTORESEARCH_TIME_BUDGET of each run")
     args = parser.parse_args(argv)
+    train = (REPO / "train.py").read_text()
+    try:  # every card's edit, before anything runs
+        for spec in args.cards:
+            edit_knobs(train, parse_card(spec)[2])
+    except HarnessError as e:
+        sys.exit(f"bench: {e}")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-cards-"))
-    head = ("card (GiB free)", "asked", "error: line", "images in", "batch", "steady img/s", "ceiling",
-            "share", "peak_vram_mb", "smi peak", "wall s")
     rows = []
     for spec in args.cards:
-        label, gib, knobs = parse_card(spec)
-        r = run(label, knobs, gib, out, work, args.budget)
-        asked = knobs.get("BATCH", "train.py's")
-        refused = re.search(r"BATCH = (\d+) fits", r["last"]) if r["last"].startswith("error:") else None
-        if refused:  # the memory plan's line: the same card again at the batch it names
-            knobs = {**knobs, "BATCH": refused[1]}
-            label += f"-batch{refused[1]}"
-            r = run(label, knobs, gib, out, work, args.budget)
-        s = r["summary"]
-        top = ceiling(label, r["folder"], gib, out) if s else 0.0
-        rows.append((label, asked, "names " + refused[1] if refused else "none", r["images"],
-                     s.get("batch", "-"),
-                     f"{r['steady']:.0f}", f"{top:.0f}", f"{r['steady'] / top:.1%}" if top else "-",
-                     s.get("peak_vram_mb", r["last"][:60]), str(r["smi"]), f"{r['wall']:.0f}"))
+        rows.append(card_row(spec, out, work, args.budget))
         print(" | ".join(rows[-1]), flush=True)
-    table = "\n".join("| " + " | ".join(row) + " |" for row in [head, ["---"] * len(head), *rows])
-    (out / "cards.txt").write_text(table + "\n")
-    print(table)
+    (out / "cards.txt").write_text(table(rows) + "\n")
+    print(table(rows))
 
 
 if __name__ == "__main__":

@@ -4,56 +4,54 @@ profiled default train.py runs (throughput against the ceiling, where the traini
 outside it, peak memory against nvidia-smi, the noise of fitness), and on request variants of train.py, a
 longer budget, the GPU-only faults, validation at other sizes, the agent-edits table and smaller cards.
 
-Every run trains a copy of the harness whose train.py is edited knob by knob (KNOB=VALUE sets train.py's
-`KNOB = ...` line, its comment kept; a lower-case name is an Ultralytics argument added to model.train(...)
-after `seed=SEED,`). An edit that matches no line fails the bench before anything runs, instead of
-measuring something else than it says. Prints a table last (every row names its units), also written to
-OUT/table.txt.
+Every run trains a copy of the harness whose train.py is edited knob by knob by harness/knobs.py
+(KNOB=VALUE sets train.py's `KNOB = ...` line, its comment kept; a lower-case name is an Ultralytics argument
+added to model.train(...) after `seed=SEED,`). An edit that matches no line, or several, fails the bench
+before anything runs, instead of measuring something else than it says. Prints a table last (every row names
+its units), also written to OUT/table.txt.
 
-Usage (repo root, GPU machine; the lent ones have `python3` and no uv, here it is `uv run tests/bench.py`):
-    python3 tests/bench.py                        # ceiling, generation, checks, one default run: ~8 min
-    python3 tests/bench.py --seeds 0 1 2          # one default run per seed: the noise between seeds
-    python3 tests/bench.py --repeat 3             # the first seed 3 times: the noise of one seed
-    python3 tests/bench.py --variant nogpudata:GPU_DATA=False,WORKERS=16
+Usage (repo root, GPU machine; the lent ones have `python3` and no uv, here it is `uv run bench/bench.py`):
+    python3 bench/bench.py                        # ceiling, generation, checks, one default run: ~8 min
+    python3 bench/bench.py --seeds 0 1 2          # one default run per seed: the noise between seeds
+    python3 bench/bench.py --repeat 3             # the first seed 3 times: the noise of one seed
+    python3 bench/bench.py --variant nogpudata:GPU_DATA=False,WORKERS=16
                                                   # also the same runs of train.py with these knobs (rows and
                                                   # files prefixed nogpudata-); --no-base: the variant only
-    python3 tests/bench.py --variant rect:rect=True       # an Ultralytics argument beyond the knobs
-    python3 tests/bench.py --long 1200            # also one run with a 1200 s budget (prepare.py edited)
-    python3 tests/bench.py --faults               # also out-of-memory, and two agents at once on one GPU
-    python3 tests/bench.py --valsizes 640 1280    # also tests/bench_val.py on the last run's best.pt
-    python3 tests/bench.py --cards all 24 16 12 8 80:IMGSZ=1280   # also smaller cards: a blocker holds all
-                                                  # but N GiB (tests/bench_cards.py; --cards-budget, 60 s)
-    python3 tests/bench.py --edits 0 1            # also the agent-edits table on GPUs 0 and 1 (60 s each)
-    python3 tests/bench.py --no-base --no-prep --edits 0 1 2 3 --only base val   # that table alone
-    python3 tests/bench.py --table-only           # the agent-edits table of what OUT holds; nothing runs
-    python3 tests/bench.py --no-prep ...          # skip generation and dataset checks (the stand-in exists)
-    python3 tests/bench.py --ceiling-args=--compile   # also torch.compile in the ceiling (about 2 min more)
-    python3 tests/bench.py --gpus 0 1 2 3 4 ...   # runs in parallel, one per card, in waves
-    python3 tests/bench.py --ddp 2 --no-base      # one DDP run over GPUs 0 and 1 (DEVICE = [0, 1]; rows
+    python3 bench/bench.py --variant rect:rect=True       # an Ultralytics argument beyond the knobs
+    python3 bench/bench.py --long 1200            # also one run with a 1200 s budget (prepare.py edited)
+    python3 bench/bench.py --faults               # also out-of-memory, and two agents at once on one GPU
+    python3 bench/bench.py --valsizes 640 1280    # also bench/val.py on the last run's best.pt
+    python3 bench/bench.py --cards all 24 16 12 8 80:IMGSZ=1280   # also smaller cards: a blocker holds all
+                                                  # but N GiB (bench/cards.py; --cards-budget, 60 s)
+    python3 bench/bench.py --edits 0 1            # also the agent-edits table on GPUs 0 and 1 (60 s each)
+    python3 bench/bench.py --no-base --no-prep --edits 0 1 2 3 --only base val   # that table alone
+    python3 bench/bench.py --table-only           # the agent-edits table of what OUT holds; nothing runs
+    python3 bench/bench.py --no-prep ...          # skip generation and dataset checks (the stand-in exists)
+    python3 bench/bench.py --ceiling-args=--compile   # also torch.compile in the ceiling (about 2 min more)
+    python3 bench/bench.py --gpus 0 1 2 3 4 ...   # runs in parallel, one per card, in waves
+    python3 bench/bench.py --ddp 2 --no-base      # one DDP run over GPUs 0 and 1 (DEVICE = [0, 1]; rows
                                                   # prefixed ddp2-, nvidia-smi on both cards); two agents at
                                                   # once, one GPU each: --gpus 0 1 --repeat 2
-    python3 tests/bench.py --python .venv/bin/python ...  # the children in another interpreter (default:
+    python3 bench/bench.py --python .venv/bin/python ...  # the children in another interpreter (default:
                                                   # the one running the bench)
 
 One default run takes about 5.7 min (the 300 s budget, ~40 s outside it); the default bench about 8 min
 (the ceiling is measured again after the runs, and the reports divide by the faster). More runs outlast a
 10-minute device command: spread them over the cards in one command (parallel runs share the host's CPUs
 and disk: take throughput from a solo run), e.g. five noise runs on 8 GPUs:
-    python3 tests/bench.py --gpus 0 1 2 3 4 --seeds 0 1 2 --repeat 3
+    python3 bench/bench.py --gpus 0 1 2 3 4 --seeds 0 1 2 --repeat 3
 or start them detached, in a folder that outlives the command, and collect in later calls; the same command
 again resumes (a run whose log has a summary is reported, not rerun):
-    mkdir -p /tmp/bench-out; setsid nohup python3 tests/bench.py --out /tmp/bench-out --seeds 0 1 2 \\
+    mkdir -p /tmp/bench-out; setsid nohup python3 bench/bench.py --out /tmp/bench-out --seeds 0 1 2 \\
         --repeat 3 > /tmp/bench-out/bench.log 2>&1 < /dev/null &
     cat /tmp/bench-out/status; cp -r /tmp/bench-out/. "$OUT"/   # later: progress, then the files back
 Files in OUT: table.txt, status, ceiling-*.json/.log (-after: measured again after the runs), and per run
-LABEL.log (train.py's output), LABEL.profile.json (tests/bench_profile.py), LABEL.smi/.idle (nvidia-smi
-MiB), LABEL.wall (start, end); edits/ and cards/ hold those tables' own.
+LABEL.log (train.py's output), LABEL.profile.json (bench/profiler.py), LABEL.smi/.idle (nvidia-smi
+MiB, bench/smi.py), LABEL.wall (start, end); edits/ and cards/ hold those tables' own.
 """
 
 import argparse
-import contextlib
 import hashlib
-import io
 import json
 import os
 import re
@@ -68,23 +66,26 @@ from collections import namedtuple
 from functools import partial
 from pathlib import Path
 
-import bench_profile
+import report
+import smi
+from report import Row
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from harness.common import CACHE_DIR  # noqa: E402
+from harness.common import CACHE_DIR, HarnessError  # noqa: E402
+from harness.knobs import edit_knobs, insert  # noqa: E402
+from harness.record import knobs_of  # noqa: E402
+from harness.summary import parse_summary  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Constants
 # ---------------------------------------------------------------------------
 
-TESTS = REPO / "tests"
-CEILING_KNOBS = ("MODEL", "IMGSZ", "BATCH", "NBS", "AMP", "OPTIMIZER")  # what bench_ceiling.py reads
+BENCH = REPO / "bench"
+CEILING_KNOBS = ("MODEL", "IMGSZ", "BATCH", "NBS", "AMP", "OPTIMIZER")  # what ceiling.py reads
 CEILING_TIMEOUT_S = 420
-SMI = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]  # MiB, one line a card
-SMI_EVERY_MS = 200
-ARG_ANCHOR = "seed=SEED,"  # Ultralytics arguments beyond train.py's knobs go after it, in model.train(...)
-PROFILE_LINE = "import bench_profile; bench_profile.attach(model)  # bench.py: where the time goes\n"
+MODEL_LINE = "model = YOLO(run.weights)\n"  # the profiler attaches right after it
+PROFILE_LINE = "import profiler; profiler.attach(model)  # bench.py: where the time goes\n"
 SUMMARY_ROWS = ("fitness", "training_seconds", "total_seconds", "val_seconds", "peak_vram_mb", "epoch",
                 "train_images_per_s", "weights")
 OOM_KNOBS = {"MODEL": '"yolo11x.yaml"', "IMGSZ": "1280", "BATCH": "512", "WORKERS": "2"}
@@ -123,47 +124,24 @@ EDITS = {
 Run = namedtuple("Run", "label variant seed repeat folder cards")  # cards: a DDP run's, else None
 
 # ---------------------------------------------------------------------------
-# The checked edit: copies of the harness with knobs set
+# Copies of the harness with knobs set
 # ---------------------------------------------------------------------------
 
 
-def checked_sub(text, pattern, repl, missing):
-    """text with the first match of pattern (re.M) replaced by repl(match); exits with `bench: missing`
-    where nothing matches: a bench must not measure something else than it says."""
-    text, n = re.subn(pattern, repl, text, count=1, flags=re.M)
-    if n != 1:
-        sys.exit(f"bench: {missing}")
-    return text
-
-
-def set_knobs(text, knobs, file="train.py"):
-    """The text with each upper-case knob's `NAME = value  # comment` line given the new value (comment
-    kept), and the lower-case names added to model.train(...) as Ultralytics arguments after `seed=SEED,`."""
-    for name, value in knobs.items():
-        if name.isupper():
-            text = checked_sub(text, rf"^{re.escape(name)} = [^#\n]*?(\s*#|$)",
-                               lambda m, line=f"{name} = {value}": line + m[1], f"no knob {name} in {file}")
-    extra = ", ".join(f"{name}={value}" for name, value in knobs.items() if not name.isupper())
-    if extra:
-        text = checked_sub(text, re.escape(ARG_ANCHOR), lambda m: f"{ARG_ANCHOR} {extra},",
-                           f"no '{ARG_ANCHOR}' in {file}'s model.train(...) to add {extra} after")
-    return text
-
-
 def edited_copy(folder, knobs=None, profile=True, prepare_knobs=None):
-    """folder, made a copy of the harness whose train.py has these knobs (set_knobs) and, with profile,
-    attaches tests/bench_profile.py; prepare_knobs set prepare.py's the same way. Returns folder."""
-    train = set_knobs((REPO / "train.py").read_text(), knobs or {})
+    """folder, made a copy of the harness whose train.py has these knobs (harness/knobs.py's checked edit:
+    HarnessError where one matches no line) and, with profile, attaches bench/profiler.py; prepare_knobs set
+    prepare.py's the same way. Returns folder."""
+    train = edit_knobs((REPO / "train.py").read_text(), knobs or {})
     if profile:
-        train = checked_sub(train, r"^model = YOLO\(.*\)\n", lambda m: m[0] + PROFILE_LINE,
-                            "no 'model = YOLO(' line in train.py to attach the profiler after")
-    prepare = set_knobs((REPO / "prepare.py").read_text(), prepare_knobs or {}, "prepare.py")
+        train = insert(train, MODEL_LINE, PROFILE_LINE)
+    prepare = edit_knobs((REPO / "prepare.py").read_text(), prepare_knobs or {}, "prepare.py")
     folder.mkdir(parents=True)
     (folder / "train.py").write_text(train)
     (folder / "prepare.py").write_text(prepare)
     shutil.copytree(REPO / "harness", folder / "harness", ignore=shutil.ignore_patterns("__pycache__"))
     if profile:
-        shutil.copy(TESTS / "bench_profile.py", folder)
+        shutil.copy(BENCH / "profiler.py", folder)
     if (REPO / "weights").is_dir():  # pretrained weights, if any
         (folder / "weights").symlink_to(REPO / "weights")
     return folder
@@ -223,7 +201,7 @@ def card_name():
 def finished(log, errors=False):
     """Whether log is a run that ended: a summary with fitness, or (errors) an `error:` last line."""
     text = log.read_text(errors="replace") if log.is_file() else ""
-    if "fitness" in bench_profile.summary_of(text):
+    if "fitness" in parse_summary(text):
         return True
     return errors and text.rstrip().rsplit("\n", 1)[-1].startswith("error:")
 
@@ -241,24 +219,10 @@ def train_one(cfg, label, folder, out, visible=None, cards="0", env=None, timeou
     env = {"BENCH_PROFILE_OUT": str(out / f"{label}.profile.json"), **(env or {})}
     if visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(visible)
-    sampler = sample_memory(cards, out, label)
-    start = time.time()
-    run_logged([*cfg.py, "train.py"], log, cwd=folder, env=env, timeout=timeout)
-    (out / f"{label}.wall").write_text(f"{start}\n{time.time()}\n")
-    if sampler:
-        sampler.kill()
-        sampler.wait()
-
-
-def sample_memory(cards, out, label):
-    """nvidia-smi's memory.used (MiB) on cards: now into out/LABEL.idle, then every 200 ms into out/LABEL.smi
-    by the Popen returned (None, and no files, without nvidia-smi)."""
-    if not shutil.which("nvidia-smi"):
-        return None
-    idle = subprocess.run([*SMI, "-i", cards], capture_output=True, text=True).stdout
-    (out / f"{label}.idle").write_text(idle)
-    with open(out / f"{label}.smi", "w") as samples:
-        return subprocess.Popen([*SMI, "-i", cards, "-lms", str(SMI_EVERY_MS)], stdout=samples)
+    with smi.sampling(cards, out, label):
+        start = time.time()
+        run_logged([*cfg.py, "train.py"], log, cwd=folder, env=env, timeout=timeout)
+        (out / f"{label}.wall").write_text(f"{start}\n{time.time()}\n")
 
 
 def in_parallel(jobs):
@@ -271,18 +235,20 @@ def in_parallel(jobs):
 
 
 def measure_ceiling(cfg, train_py, path, flags=(), visible=None):
-    """Writes path: tests/bench_ceiling.py's JSON for train_py's knobs (its output in path's .log), unless an
+    """Writes path: bench/ceiling.py's JSON for train_py's knobs (its output in path's .log), unless an
     earlier call into the same OUT did."""
     if path.is_file() and path.stat().st_size:
         return
     env = {"CUDA_VISIBLE_DEVICES": str(visible)} if visible is not None else {}
-    run_logged([*cfg.py, str(TESTS / "bench_ceiling.py"), "--train", str(train_py), "--out", str(path),
+    run_logged([*cfg.py, str(BENCH / "ceiling.py"), "--train", str(train_py), "--out", str(path),
                 *flags], path.with_suffix(".log"), env=env, timeout=cfg.ceiling_timeout)
 
 
-def ceiling_lines(train_py):
-    """The lines of train_py that the ceiling reads: two train.py's with the same share one ceiling."""
-    return re.findall(rf"^(?:{'|'.join(CEILING_KNOBS)}) .*$", Path(train_py).read_text(), flags=re.M)
+def ceiling_knobs(train_py):
+    """The knobs of train_py that the ceiling reads, as JSON text: two train.py's with the same share one
+    ceiling."""
+    knobs = knobs_of(Path(train_py).read_text())
+    return json.dumps({name: knobs.get(name) for name in CEILING_KNOBS}, default=str)
 
 # ---------------------------------------------------------------------------
 # The table
@@ -296,7 +262,7 @@ def status(cfg, text):
 
 
 def emit(cfg, text):
-    """Prints text and appends it to OUT/table.txt."""
+    """Prints text and appends it to OUT/table.txt: the one place the bench's rows and tables are printed."""
     text = text.rstrip("\n")
     if text:
         print(text, flush=True)
@@ -304,27 +270,29 @@ def emit(cfg, text):
             f.write(text + "\n")
 
 
+def emit_rows(cfg, rows):
+    emit(cfg, "\n".join(report.lines(rows)))
+
+
 def row(cfg, name, value):
-    emit(cfg, f"{name:<{bench_profile.LABEL_WIDTH}} {value}")
+    emit_rows(cfg, [Row(name, value)])
 
 
-def profile_rows(cfg, what, *args):
-    """Emits the rows that bench_profile's function `what` prints; returns its result (None: it failed)."""
-    printed = io.StringIO()
+def report_rows(cfg, what, label, *args):
+    """Emits the rows of report.py's function `what` for label; returns them ([] where it failed)."""
     try:
-        with contextlib.redirect_stdout(printed):
-            result = what(*args)
+        rows = what(label, *args)
     except Exception as e:  # a torn profile or JSON of a failed run: a row saying so, and the bench goes on
-        printed.write(f"{args[0]}: {what.__name__} failed: {e!r}\n")
-        result = None
-    emit(cfg, printed.getvalue())
-    return result
+        emit_rows(cfg, [Row(f"{label}: {what.__name__}", f"failed: {e!r}")])
+        return []
+    emit_rows(cfg, rows)
+    return rows
 
 
-def numbers(path):
-    """The numbers in a file of nvidia-smi samples ([] if there is none)."""
-    text = path.read_text() if path.is_file() else ""
-    return [float(x) for x in text.split() if x.replace(".", "", 1).isdigit()]
+def wall_seconds(path):
+    """The seconds between the start and end in a LABEL.wall file; None without one."""
+    times = [float(x) for x in path.read_text().split()] if path.is_file() else []
+    return times[1] - times[0] if len(times) == 2 else None
 
 
 def last_line(path):
@@ -344,17 +312,17 @@ def after_of(ceiling):
 
 
 def report_run(cfg, label, ceiling):
-    """The rows of one run: nvidia-smi's peak, the summary, DDP's lines, then tests/bench_profile.py's."""
+    """The rows of one run: nvidia-smi's peak, the summary, DDP's lines, then report.py's."""
     out, files = cfg.out, {ext: cfg.out / f"{label}.{ext}" for ext in ("log", "smi", "idle", "wall")}
-    peak, idle = max(numbers(files["smi"]), default=0), (numbers(files["idle"]) or [0])[0]
-    row(cfg, f"{label}: nvidia-smi peak minus idle (MiB)", f"{peak - idle:.0f}")
+    peak = smi.peak_above_idle(files["smi"], files["idle"])
+    row(cfg, f"{label}: nvidia-smi peak minus idle (MiB)", "n/a" if peak is None else f"{peak:.0f}")
     text = files["log"].read_text(errors="replace") if files["log"].is_file() else ""
-    summary = bench_profile.summary_of(text)
+    summary = parse_summary(text)
     for key in SUMMARY_ROWS:
         row(cfg, f"{label}: {key}", summary.get(key, f"(missing: {last_line(files['log'])})"))
     for line in re.findall(r"^DDP: (?:peak|the workers).*$", text, flags=re.M):
         row(cfg, label, line)
-    profile_rows(cfg, bench_profile.report, label, str(files["log"]), str(out / f"{label}.profile.json"),
+    report_rows(cfg, report.run_rows, label, str(files["log"]), str(out / f"{label}.profile.json"),
                  [str(ceiling), str(after_of(ceiling))], *(str(files[k]) for k in ("wall", "smi", "idle")))
 
 
@@ -365,11 +333,11 @@ def report_noise(cfg, variant, runs):
     same = [log for run, log in logs if run.seed == cfg.seeds[0]]
     firsts = [log for run, log in logs if run.repeat == 1]
     if len(same) > 1:
-        profile_rows(cfg, bench_profile.noise, f"{variant} same seed {cfg.seeds[0]}", same)
+        report_rows(cfg, report.noise_rows, f"{variant} same seed {cfg.seeds[0]}", same)
     if len(firsts) > 1:
-        profile_rows(cfg, bench_profile.noise, f"{variant} seeds {' '.join(map(str, cfg.seeds))}", firsts)
+        report_rows(cfg, report.noise_rows, f"{variant} seeds {' '.join(map(str, cfg.seeds))}", firsts)
     if len(logs) == 1 or len(logs) not in (len(same), len(firsts)):
-        profile_rows(cfg, bench_profile.noise, f"{variant} all runs", [log for _, log in logs])
+        report_rows(cfg, report.noise_rows, f"{variant} all runs", [log for _, log in logs])
 
 # ---------------------------------------------------------------------------
 # The sections, in the order they run
@@ -389,7 +357,7 @@ def bench_ceilings(cfg, ceilings, after=False):
         if not path.is_file():
             status(cfg, f"measuring {path.stem}")
         measure_ceiling(cfg, train_py, path, flags)
-        if not profile_rows(cfg, bench_profile.ceiling, path.stem, path) and not after:
+        if not report_rows(cfg, report.ceiling_rows, path.stem, path) and not after:
             row(cfg, path.stem, f"failed: see {path.with_suffix('.log')}")
 
 
@@ -422,10 +390,10 @@ def train_runs(cfg, runs):
 
 
 def bench_val(cfg, folder):
-    """tests/bench_val.py on the run's best.pt at --valsizes: its rows after its card line."""
+    """bench/val.py on the run's best.pt at --valsizes: its rows after its card line."""
     status(cfg, "bench_val")
     log = cfg.out / "bench_val.log"
-    run_logged([*cfg.py, str(TESTS / "bench_val.py"), "--weights", str(folder / "run/weights/best.pt"),
+    run_logged([*cfg.py, str(BENCH / "val.py"), "--weights", str(folder / "run/weights/best.pt"),
                 "--data", str(folder / "run/data.yaml"), "--imgsz", *map(str, cfg.valsizes)], log)
     lines = log.read_text(errors="replace").splitlines()
     card = next((i for i, line in enumerate(lines) if line.startswith("card")), len(lines))
@@ -443,7 +411,7 @@ def bench_edits(cfg, folders):
         folder, log = folders[label], out / f"{label}.log"
         if finished(log, errors=True):
             return
-        digest = hashlib.md5("".join(f"{line}\n" for line in ceiling_lines(folder / "train.py")).encode())
+        digest = hashlib.md5(ceiling_knobs(folder / "train.py").encode())
         ceiling = out / f"ceiling-{digest.hexdigest()[:8]}.json"  # shared by edits with the same knobs
         (out / f"{label}.ceiling").write_text(ceiling.name + "\n")
         with lock:
@@ -478,8 +446,8 @@ def edits_table(out, labels, budget):
             lines.append(f"{label:<14} not run")
             continue
         text = (out / f"{label}.log").read_text(errors="replace")
-        summary, wall = bench_profile.summary_of(text), numbers(out / f"{label}.wall")
-        wall_s = f"{wall[1] - wall[0]:.0f}" if len(wall) == 2 else "?"
+        summary, wall = parse_summary(text), wall_seconds(out / f"{label}.wall")
+        wall_s = "?" if wall is None else f"{wall:.0f}"
         profile = read_json(out / f"{label}.profile.json")
         if "fitness" not in summary:
             when = "trained" if "clock_start" in profile.get("moments", {}) else "start"
@@ -498,9 +466,9 @@ def edits_table(out, labels, budget):
 
 
 def bench_cards(cfg):
-    """tests/bench_cards.py on the cards of --cards; its table, or a row saying it failed."""
+    """bench/cards.py on the cards of --cards; its table, or a row saying it failed."""
     status(cfg, "cards")
-    run_logged([*cfg.py, str(TESTS / "bench_cards.py"), "--out", str(cfg.out / "cards"), "--budget",
+    run_logged([*cfg.py, str(BENCH / "cards.py"), "--out", str(cfg.out / "cards"), "--budget",
                 str(cfg.cards_budget), *cfg.cards], cfg.out / "cards.log")
     table = cfg.out / "cards" / "cards.txt"
     if table.is_file():
@@ -518,7 +486,7 @@ def bench_faults(cfg, oom, agents):
     in_parallel([partial(train_one, cfg, f"agent{i}", folder, cfg.out, env=budget)
                  for i, folder in enumerate(agents, 1)])
     for i in range(1, len(agents) + 1):
-        s = bench_profile.summary_of((cfg.out / f"agent{i}.log").read_text(errors="replace"))
+        s = parse_summary((cfg.out / f"agent{i}.log").read_text(errors="replace"))
         row(cfg, f"agent{i} of 2 at once: run_dir, fitness",
             f"{s.get('run_dir', '(missing)')}, {s.get('fitness', '(missing)')}")
 
@@ -539,11 +507,11 @@ def parse_args(argv):
     p.add_argument("--no-prep", dest="prep", action="store_false", help="no generation or dataset checks")
     p.add_argument("--ddp", type=int, help="also a variant over GPUs 0 .. N-1 (DEVICE = [0, ..., N-1])")
     p.add_argument("--gpus", nargs="+", help="cards to spread the runs over, one run per card at once")
-    p.add_argument("--ceiling-args", default="", help="more bench_ceiling.py flags: --ceiling-args=--compile")
+    p.add_argument("--ceiling-args", default="", help="more ceiling.py flags: --ceiling-args=--compile")
     p.add_argument("--ceiling-timeout", type=float, default=CEILING_TIMEOUT_S, help="seconds per ceiling")
     p.add_argument("--long", type=int, help="also one run with this TIME_BUDGET (s) in prepare.py")
     p.add_argument("--faults", action="store_true", help="also out-of-memory and two agents on one GPU")
-    p.add_argument("--valsizes", type=int, nargs="+", help="also bench_val.py on the last run at these sizes")
+    p.add_argument("--valsizes", type=int, nargs="+", help="also val.py on the last run at these sizes")
     p.add_argument("--edits", nargs="+", help="also the agent-edits table, spread over these cards")
     p.add_argument("--only", nargs="+", choices=list(EDITS), help="those edits only")
     p.add_argument("--edits-budget", type=float, default=EDITS_BUDGET_S, help="budget of each edit (s)")
@@ -568,14 +536,14 @@ def variants_of(cfg):
 
 
 def plan(cfg):
-    """plan_copies(cfg) in a folder of this call's own (two benches never share one), removed where an edit
-    matches no line."""
+    """plan_copies(cfg) in a folder of this call's own (two benches never share one); where an edit matches
+    no line, or several, the folder is removed and the bench exits, naming the edit."""
     cfg.work = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
         return plan_copies(cfg)
-    except SystemExit:
+    except HarnessError as e:
         shutil.rmtree(cfg.work)
-        raise
+        sys.exit(f"bench: {e}")
 
 
 def plan_copies(cfg):
@@ -594,8 +562,8 @@ def plan_copies(cfg):
     long = edited_copy(cfg.work / "long", prepare_knobs={"TIME_BUDGET": cfg.long}) if cfg.long else None
     faults = (edited_copy(cfg.work / "oom", OOM_KNOBS, profile=False),
               [edited_copy(cfg.work / f"agent{i}", profile=False) for i in (1, 2)]) if cfg.faults else None
-    for spec in cfg.cards or []:  # bench_cards.py edits its own copies, after the runs: check its knobs now
-        set_knobs((REPO / "train.py").read_text(), parse_knobs(spec.partition(":")[2]))
+    for spec in cfg.cards or []:  # cards.py edits its own copies, after the runs: check its knobs now
+        edit_knobs((REPO / "train.py").read_text(), parse_knobs(spec.partition(":")[2]))
     return runs, edits, long, faults
 
 
@@ -605,8 +573,8 @@ def ceiling_files(cfg, runs):
     first = {}
     for run in runs:
         first.setdefault(run.variant, run.folder / "train.py")
-    base = ceiling_lines(first["base"]) if "base" in first else None
-    ceiling_of = {v: cfg.out / ("ceiling-base.json" if v == "base" or ceiling_lines(train_py) == base
+    base = ceiling_knobs(first["base"]) if "base" in first else None
+    ceiling_of = {v: cfg.out / ("ceiling-base.json" if v == "base" or ceiling_knobs(train_py) == base
                                 else f"ceiling-{v}.json") for v, train_py in first.items()}
     reads = {}
     for v, path in ceiling_of.items():
