@@ -86,7 +86,7 @@ def test_a_ddp_run_trains_in_worker_processes_that_hand_back_their_share(ddp_run
     assert (first["gpu"], first["peak_vram_mb"]) == ("cpu", 0.0)
     # rank 0 alone carries what the guard checks: the settings the workers used
     assert "args" not in second and "metrics" not in second
-    assert first["args"]["conf"] is None and first["splits"]["val"].endswith("valid/images")
+    assert first["args"]["conf"] is None and first["splits"]["val"].endswith("run/view/val/images")
 
 
 def test_a_ddp_run_summary_means_what_a_one_gpu_run_summary_means(ddp_run):
@@ -157,9 +157,10 @@ def test_a_device_request_the_machine_cannot_meet_fails_before_anything_is_writt
     rc, log = run_train(repo, tiny_data / "data.yaml")
     assert_failed(rc, log, says)
     assert "time budget:" not in log and "Starting training" not in log  # failed before any GPU time
-    # no run/: only the run's line in the record
-    assert sorted(p.name for p in repo.iterdir()) == ["harness", "prepare.py", "record", "run.log",
+    # nothing of the run but the supervisor's view of the val split (run/view), and its line in the record
+    assert sorted(p.name for p in repo.iterdir()) == ["harness", "prepare.py", "record", "run", "run.log",
                                                       "train.py"]
+    assert [p.name for p in (repo / "run").iterdir()] == ["view"]
     assert not (repo / "record" / "best").exists()
 
 

@@ -175,6 +175,15 @@ def test_cpu_and_missing_weights_are_announced_loudly(default_run):
     assert "WARNING: yolo11n.pt not found in weights/" in log
 
 
+def test_an_honest_run_hears_nothing_of_the_checks_around_it(default_run):
+    _, _, log, _ = default_run
+    assert [line.split(":")[1] for line in log.splitlines() if line.startswith("WARNING: ")] == [
+        " no CUDA GPU found", " yolo11n.pt not found in weights/ (offline)"]
+    assert [line.split(" ran ")[0] for line in log.splitlines() if line.startswith("supervisor:")] == [
+        "supervisor: train.py's own code"]  # no process left, no other process on the card
+    assert "Slow image access" not in log
+
+
 def test_the_cpu_trains_in_float32_as_ultralytics_does(default_run):
     _, _, log, _ = default_run
     assert "trainer amp: False" in log  # CPU autocast is bfloat16: 4x slower where the CPU lacks AVX512-BF16
