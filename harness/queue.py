@@ -120,14 +120,17 @@ def stop_local_head():
 
 
 def queue_actor(repo):
-    """This checkout's Queue actor, created on this node if it is not there (a new Ray knows nothing)."""
+    """This checkout's Queue actor, created on the head node if it is not there (a new Ray knows nothing):
+    worker nodes may come and go in the night, the head stays."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     ray.cloudpickle.register_pickle_by_value(queue_worker)  # workers need no checkout to run it
     name = "queue-" + str(Path(repo).resolve()).replace("/", "_")
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    return queue_worker.Queue.options(name=name, namespace=NAMESPACE, lifetime="detached",
-                                      get_if_exists=True, scheduling_strategy=here).remote()
+    heads = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]]
+    head = heads[0] if heads else ray.get_runtime_context().get_node_id()
+    return queue_worker.Queue.options(
+        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=True)).remote()
 
 
 # ---------------------------------------------------------------------------

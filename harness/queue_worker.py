@@ -99,13 +99,14 @@ class Queue:
     async def _watch(self, id):
         job = self.jobs[id]
         try:
-            job.result = await self.refs.pop(id)
+            job.result = await self.refs[id]
         except Exception as e:  # the task never returned: cancelled, or its worker or node is gone
             where = f" on {job.node}" if job.node else ""
             why = ("cancelled (prepare.py cancel) before it ended" if job.cancelled else
                    f"lost with its Ray worker{where} ({type(e).__name__})")
             job.result = Result(id, 1, error=f"experiment {id} was {why}: submit it again to run it")
         job.state = "finished"
+        del self.refs[id]
         self._changed()
 
     def _changed(self):

@@ -4,6 +4,8 @@ CPU), each one's log and record line into the submitting checkout; a fault ends 
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,8 +26,8 @@ BUDGET = "3"
 @pytest.fixture(scope="module")
 def cluster():
     """A head (no GPU: the actors live there) and a node with two logical GPUs, shared by the file's tests."""
-    c = Cluster(initialize_head=True, head_node_args={**NODE, "num_cpus": 1, "num_gpus": 0,
-                                                      "include_dashboard": False})
+    head = {**NODE, "num_cpus": 1, "num_gpus": 0, "include_dashboard": False}
+    c = Cluster(initialize_head=True, head_node_args=head)
     gpu_node = c.add_node(**NODE, num_cpus=2, num_gpus=2)
     ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
     yield c, gpu_node
@@ -88,10 +90,13 @@ def test_two_gpus_run_two_experiments_a_third_waits_and_all_land_in_one_record(c
         queue.wait(checkout)
 
 
-def test_an_uncommitted_train_py_is_refused(checkout):
+def test_an_uncommitted_train_py_is_refused_with_an_error_line(checkout):
     (checkout / "train.py").write_text((checkout / "train.py").read_text() + "# edit\n")
-    with pytest.raises(HarnessError, match="uncommitted edits, and an experiment is a commit"):
-        queue.submit("HEAD", checkout)
+    proc = subprocess.run([sys.executable, "prepare.py", "submit"], cwd=checkout, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stdout.rstrip().splitlines()[-1] == (
+        f"error: {checkout / 'train.py'} has uncommitted edits, and an experiment is a commit: commit them "
+        "(git commit -am ...) or drop them (git checkout train.py), then submit")
     assert not (checkout / "record" / "queue").exists()
 
 
@@ -173,6 +178,7 @@ def test_a_lost_node_ends_its_experiment_with_an_error_line_then_a_cluster_witho
     assert line["experiment"] == id
     assert line["error"].startswith(f"experiment {id} was lost with its Ray worker")
     assert line["error"].endswith("submit it again to run it")
+    wait_for(lambda: not ray.cluster_resources().get("GPU"), 90)  # Ray's health checks: 15-60 s
     with pytest.raises(HarnessError, match="has no node with 1 GPU"):
         queue.submit("HEAD", checkout)
     assert json.loads((checkout / "record" / "queue" / f"{id}.json").read_text())["code"] == 1
