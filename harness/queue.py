@@ -130,7 +130,7 @@ def queue_actor(repo):
     head = heads[0] if heads else ray.get_runtime_context().get_node_id()
     return queue_worker.Queue.options(
         name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=True)).remote()
+        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)).remote()
 
 
 # ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ CPU), each one's log and record line into the submitting checkout; a fault ends 
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from conftest import commit_all, git, make_repo, seed_grep  # noqa: E402
-from harness import queue, record  # noqa: E402
+from harness import queue, queue_worker, record  # noqa: E402
 from harness.common import HarnessError  # noqa: E402
 
 NODE = {"node_ip_address": "127.0.0.1", "object_store_memory": 100_000_000}
@@ -108,6 +109,68 @@ def test_an_experiment_takes_the_gpus_device_names_counted_from_0(device, gpus):
             queue.gpus_needed(device)
     else:
         assert queue.gpus_needed(device) == gpus
+
+
+def test_the_worker_copy_is_the_commit_with_the_checkouts_record_and_dataset(checkout, tmp_path):
+    (checkout / "train.py").write_text("uncommitted\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    exp = queue_worker.Experiment(id="ab", commit="c", archive=git_bytes(checkout, "archive", "HEAD"),
+                                  record=b'{"baseline": 1}\n', gpus=1, data_dir=str(data))
+    work = tmp_path / "work"
+    queue_worker.unpack(exp, work)
+    assert (work / "train.py").read_bytes() == git_bytes(checkout, "show", "HEAD:train.py")
+    assert (work / "record" / "runs.jsonl").read_bytes() == exp.record  # the night's baseline first
+    assert (work / "ships-aerial-images").resolve() == data
+    (work / "record" / "runs.jsonl").write_bytes(exp.record + b'{"summary": null}\n')
+    assert queue_worker.worker_line(work, exp.record) == {"summary": None}
+
+
+def test_without_ray_address_submit_starts_a_local_head_on_loopback_and_stop_ray_stops_it(checkout, tmp_path):
+    env = {**os.environ, "AUTORESEARCH_CACHE": str(tmp_path / "cache")}
+    env.pop("RAY_ADDRESS", None)
+    commit_knob(checkout, "DEVICE", list(range(16)))  # more GPUs than any machine that runs the tests
+
+    def cli(command):
+        return subprocess.run([sys.executable, "prepare.py", command], cwd=checkout, env=env,
+                              capture_output=True, text=True, timeout=240)
+    submit = cli("submit")
+    head = json.loads((tmp_path / "cache" / "ray-head.json").read_text())
+    try:
+        assert head["address"].startswith("127.0.0.1:") and Path(f"/proc/{head['pid']}").exists()
+        assert submit.returncode == 1 and submit.stdout.rstrip().splitlines()[-1].startswith(
+            "error: the local Ray head has no node with 16 GPUs")
+        assert cli("stop-ray").stdout == f"stopped the local Ray head (pid {head['pid']})\n"
+        port = head["address"].split(":")[1]
+        wait_for(lambda: not [p for p in Path("/proc").glob("[0-9]*/cmdline") if port in read(p)], 30)
+    finally:
+        if Path(f"/proc/{head['pid']}").exists():
+            os.kill(head["pid"], signal.SIGKILL)
+
+
+def read(path):
+    try:
+        return path.read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_train_py_gets_sigterm_when_the_worker_that_started_it_dies(tmp_path):
+    (tmp_path / "train.py").write_text(
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (open('stopped', 'w').close(), sys.exit(0)))\n"
+        "open('ready', 'w').close()\ntime.sleep(60)\n")
+    worker = subprocess.Popen([sys.executable, "-c", "import os, subprocess, sys, time; subprocess.Popen("
+                               "[sys.executable, '-c', sys.argv[1], str(os.getpid())]); time.sleep(60)",
+                               queue_worker.LAUNCH], cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "ready").exists(), 30)
+    worker.kill()
+    worker.wait()
+    wait_for(lambda: (tmp_path / "stopped").exists(), 10)  # the supervisor's clean stop starts here
+
+
+def git_bytes(repo, *args):
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, check=True).stdout
 
 
 def test_wait_prints_the_summary_block_or_the_error_line_last():
