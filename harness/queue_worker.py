@@ -115,11 +115,13 @@ class Queue:
 
     async def started(self, id, node, node_id, gpus):
         job = self.jobs[id]
-        job.state, job.node, job.node_id, job.gpus = "running", node, node_id, gpus
+        job.node, job.node_id, job.gpus = node, node_id, gpus
+        if job.state == "queued":  # an async actor may run this call after the task's end
+            job.state = "running"
         self._changed()
 
-    async def log(self, id, text):
-        self.jobs[id].log.append(text)
+    async def log(self, id, number, text):
+        self.jobs[id].log.append((number, text))
 
     async def jobs_now(self):
         """[Job] without logs and results, oldest first."""
@@ -128,7 +130,8 @@ class Queue:
 
     async def finished(self):
         """[(Job, log text)] of the finished experiments the checkout has not acknowledged."""
-        return [(j, "".join(j.log)) for j in self.jobs.values() if j.state == "finished"]
+        return [(j, "".join(text for _, text in sorted(j.log))) for j in self.jobs.values()
+                if j.state == "finished"]
 
     async def acknowledge(self, ids):
         for id in ids:
@@ -167,18 +170,19 @@ def run_experiment(exp, queue):
     work = WORK_ROOT / f"{exp.id}-{os.getpid()}"
     try:
         unpack(exp, work)
-        queue.log.remote(exp.id, f"queue: experiment {exp.id}, commit {exp.commit}, on {node} in {work}\n")
-        proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(os.getpid())], cwd=work,
-                                env={**os.environ, **exp.env}, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace")
-        chunk, sent = [], time.time()
+        queue.log.remote(exp.id, 0, f"queue: experiment {exp.id}, commit {exp.commit}, on {node} in {work}\n")
+        # Ray gives a worker OMP_NUM_THREADS=1 (its num_cpus): a direct run has the machine's threads
+        env = {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, **exp.env}
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(os.getpid())], cwd=work, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+        chunk, sent, number = [], time.time(), 1
         for line in proc.stdout:
             chunk.append(line)
             if time.time() - sent > LOG_EVERY:
-                queue.log.remote(exp.id, "".join(chunk))
-                chunk, sent = [], time.time()
+                queue.log.remote(exp.id, number, "".join(chunk))
+                chunk, sent, number = [], time.time(), number + 1
         code = proc.wait()
-        ray.get(queue.log.remote(exp.id, "".join(chunk)))  # the whole log is there before the result
+        ray.get(queue.log.remote(exp.id, number, "".join(chunk)))  # the whole log is there before the result
         line = worker_line(work, exp.record)
         best = work / "run" / "weights" / "best.pt"
         best_pt = best.read_bytes() if line and line.get("summary") and best.is_file() else None
