@@ -143,9 +143,9 @@ def test_without_ray_address_submit_starts_a_local_head_on_loopback_and_stop_ray
         assert cli("stop-ray").stdout == f"stopped the local Ray head (pid {head['pid']})\n"
         port = head["address"].split(":")[1]
         wait_for(lambda: not [p for p in Path("/proc").glob("[0-9]*/cmdline") if port in read(p)], 30)
-    finally:
+    finally:  # `ray start --block` stops what it started on SIGTERM (SIGKILL would leave them running)
         if Path(f"/proc/{head['pid']}").exists():
-            os.kill(head["pid"], signal.SIGKILL)
+            os.kill(head["pid"], signal.SIGTERM)
 
 
 def read(path):
