@@ -243,7 +243,7 @@ def land(repo, job, log):
     if result.error:
         log += f"error: {result.error}\n"
     write_atomic(folder / f"{job.id}.log", log.encode())
-    line = record_line(repo, job)
+    line = record_line(repo, job, end_of(log))
     with tempfile.TemporaryDirectory() as tmp:
         best = Path(tmp) / "best.pt"
         if result.best_pt:
@@ -254,15 +254,16 @@ def land(repo, job, log):
     write_atomic(folder / f"{job.id}.json", json.dumps(meta).encode())
 
 
-def record_line(repo, job):
+def record_line(repo, job, last):
     """The experiment's record line before record.append: the worker supervisor's, else one made here
-    with the error (a lost run, or a train.py that never imported prepare), plus experiment, node, gpus."""
+    with the error: the queue's, or the log's last line (`last`: a train.py that never imported prepare
+    ends with Python's SyntaxError), plus experiment, node and gpus."""
     result = job.result
     with tempfile.TemporaryDirectory() as tmp:
         train_py = Path(tmp) / "train.py"
         train_py.write_bytes(git(repo, "show", f"{job.commit}:train.py"))
-        made = record.describe_run(train_py, 0.0, None, result.error or "train.py ended without a record "
-                                   f"line (exit code {result.code}): see record/queue/{job.id}.log")
+        error = result.error or last.removeprefix("error: ") or f"train.py ended with exit code {result.code}"
+        made = record.describe_run(train_py, 0.0, None, error)
     line = dict(result.record_line or made)
     for key in ("repeat", "changed", "weights"):  # append() works these out again against this record
         line.pop(key, None)

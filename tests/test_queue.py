@@ -169,6 +169,25 @@ def test_train_py_gets_sigterm_when_the_worker_that_started_it_dies(tmp_path):
     wait_for(lambda: (tmp_path / "stopped").exists(), 10)  # the supervisor's clean stop starts here
 
 
+def test_a_landed_experiment_gets_one_record_line_worked_out_against_this_record(checkout, monkeypatch):
+    commit = git(checkout, "rev-parse", "HEAD").strip()
+    worker = {"time": "t", "commit": None, "train_py_changed": None, "train_py": "d", "summary": None,
+              "error": "boom", "wall_seconds": 1.0, "repeat": 7, "changed": {"X": 1}, "weights": "/w/0001.pt"}
+    ends = [(queue_worker.Result("aa", 1, worker), "log\nerror: boom\n"),
+            (queue_worker.Result("bb", 1), "  File x\nSyntaxError: invalid syntax\n")]
+    for result, log in ends:
+        job = queue_worker.Job(result.id, commit, 0, "finished", "n", "", [1], result=result)
+        queue.land(checkout, job, log)
+    first, second = record.read_record(checkout / "record" / "runs.jsonl")
+    assert first["repeat"] == 0 and "changed" not in first and first["knobs"]["IMGSZ"] == 64
+    assert (first["error"], first["commit"], first["experiment"], first["node"], first["gpus"]) == \
+        ("boom", commit, "aa", "n", [1]) and "weights" not in first
+    assert second["error"] == "SyntaxError: invalid syntax" and second["changed"] == {}
+    monkeypatch.setattr(queue, "KEEP", 1)
+    queue.prune(checkout)
+    assert sorted(p.name for p in (checkout / "record" / "queue").iterdir()) == ["bb.json", "bb.log"]
+
+
 def git_bytes(repo, *args):
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, check=True).stdout
 
