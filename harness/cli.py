@@ -1,10 +1,14 @@
 """prepare.py's commands (its docstring lists them): check the dataset, generate the stand-in, fetch weights,
-plot the night's progress (with --rebuild and --test: harness/progress.py), start a new night."""
+plot the night's progress (with --rebuild and --test: harness/progress.py), start a new night, and the
+experiment queue on Ray (submit, wait, list, cancel, stop-ray: harness/queue.py)."""
 
 import argparse
 from pathlib import Path
 
+from harness.common import HarnessError
 from harness.dataset import check_dataset, dataset_line, find_dataset
+
+QUEUE_COMMANDS = ("submit", "wait", "list", "cancel", "stop-ray")
 
 
 def main(argv=None):
@@ -12,7 +16,9 @@ def main(argv=None):
     from harness import night, progress, record, synthetic
     from harness.device import download_weights
     parser = argparse.ArgumentParser(description="Dataset prep and checks for autoresearch on ships.")
-    parser.add_argument("command", nargs="?", default="check", choices=["check", "progress", "night"])
+    parser.add_argument("command", nargs="?", default="check",
+                        choices=["check", "progress", "night", *QUEUE_COMMANDS])
+    parser.add_argument("target", nargs="?", help="submit: a commit (HEAD by default); cancel: an experiment")
     parser.add_argument("--synthetic", choices=sorted(synthetic.SYNTH_SCALES),
                         help="generate the stand-in at this scale")
     parser.add_argument("--weights", metavar="NAME.pt", help="download Ultralytics weights into weights/")
@@ -30,6 +36,8 @@ def main(argv=None):
               f"with `uv run prepare.py progress --record {moved / args.record.name}`" if moved else
               f"a new night: {args.record} holds no run yet, so the next run is the night's baseline")
         return 0
+    if args.command in QUEUE_COMMANDS:
+        return queue_command(args.command, args.target)
     if args.command == "progress":
         return progress.progress(args.results, "progress.png", args.record, test=args.test,
                                  rebuild=args.rebuild)
@@ -41,4 +49,27 @@ def main(argv=None):
     else:
         yaml_path, kind = find_dataset()
     print(dataset_line(yaml_path, kind, check_dataset(yaml_path)))
+    return 0
+
+
+def queue_command(command, target):
+    """One of the queue's commands (harness/queue.py); returns the exit code."""
+    from harness import queue
+    if command == "submit":
+        print(f"experiment: {queue.submit(target or 'HEAD')}")
+    elif command == "wait":
+        return queue.wait()
+    elif command == "list":
+        for e in queue.entries():
+            print(f"{e.id}  {e.commit}  {e.state:8}  {e.node or '-'}  gpus {e.gpus or '-'}  {e.end}".rstrip())
+    elif command == "cancel":
+        if not target:
+            raise HarnessError("cancel needs an experiment id: uv run prepare.py cancel ID (list shows them)")
+        queue.cancel(target)
+        print(f"cancelled: {target}")
+    elif queue.os.environ.get("RAY_ADDRESS"):
+        raise HarnessError("stop-ray stops the local Ray head only; stop a cluster with its own tools")
+    else:
+        pid = queue.stop_local_head()
+        print(f"stopped the local Ray head (pid {pid})" if pid else "no local Ray head was running")
     return 0
