@@ -114,8 +114,8 @@ def supervise():
         raise HarnessError(error["error"] if error else supervisor.ended_early(code))
     if child.leftovers:
         raise HarnessError(supervisor.left_behind(child.leftovers))
-    held_out.check(child.first("train_start"))
     dataset.check_unchanged(yaml_path, stats, before)
+    held_out.check(child.first("train_start"))
     metrics, val_seconds, val_peak = validate_best(done, yaml_path, child_stats)
     return print_summary(done, child, metrics, val_seconds, val_peak, yaml_path, kind)
 

@@ -219,7 +219,7 @@ def test_training_on_the_val_split_is_refused(tiny_data, tmp_path, gpu_data):
     last = assert_failed(rc, log, "error: train.py changed what gets evaluated: the training images "
                                   "(6 of 6 read from outside the train split "
                                   f"{(tiny_data / 'train' / 'images').resolve()}, e.g. ")
-    assert "/valid/images/" in last
+    assert "/run/view/val/images/" in last  # the child's val split: a view of links in its run folder
 
 
 def test_best_pt_changed_after_finish_is_refused(tiny_data, tmp_path):
