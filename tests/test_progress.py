@@ -416,6 +416,12 @@ def test_a_run_of_a_train_py_that_only_crashed_before_is_no_rerun(tmp_path, caps
     assert "last 1 kept:" in out
 
 
+def test_a_repeat_of_a_crash_is_no_rerun_even_where_no_card_tells_the_two_apart():
+    lines = [run("a1b2c3d", "a", error="dataset broken", device=None), run("a1b2c3d", "a", 0.61, device=None),
+             run("a1b2c3d", "a", 0.62, device=None)]
+    assert record.reruns(lines) == {3: 2}
+
+
 def test_a_description_starting_with_rerun_is_a_rerun_where_the_record_has_no_line_for_it(tmp_path, capsys):
     tsv = night_tsv(["a1b2c3d\t0.610000\t8.1\tkeep\tbaseline",
                      "a1b2c3d\t0.615000\t8.1\tkeep\tRe-run of a1b2c3d"])
@@ -518,10 +524,13 @@ def test_a_plain_progress_after_test_draws_the_last_test_until_a_new_one(tmp_pat
     for test in (True, False, False):
         assert progress_of(tmp_path, capsys, tsv, runs, test=test)[0] == 0
     assert [drawn(f, "test (held out)") for f in figures] == [[(1, 0.55)]] * 3
+    next_night = [{**runs[0], "time": "2025-03-25T01:00:00+00:00"}, runs[1]]  # line 1 is another run now
+    progress_of(tmp_path, capsys, tsv, next_night)
+    assert drawn(figures[-1], "test (held out)") == []
     (tmp_path / "0001.pt").unlink()  # a new --test without weights: nothing tested, nothing drawn
     for test in (True, False):
         progress_of(tmp_path, capsys, tsv, runs, test=test)
-    assert [drawn(f, "test (held out)") for f in figures[3:]] == [[], []]
+    assert [drawn(f, "test (held out)") for f in figures[4:]] == [[], []]
 
 
 # --- --rebuild ------------------------------------------------------------------
