@@ -143,8 +143,7 @@ def validate_best(done, yaml_path, stats):
     gpu = done["device"][0] if isinstance(done["device"], list) else done["device"]
     data = dataset.write_run_yaml(stats, CACHE_DIR / "val" / f"{os.getpid()}.yaml")  # the supervisor's copy
     t = time.time()
-    metrics = validation.validate(str(best), data=str(data), split="val", device=gpu, single_cls=False,
-                                  plots=False, project=str(RUN_DIR), name="val", exist_ok=True)
+    metrics = validation.metric_of(best, data, "val", gpu, RUN_DIR)
     data.unlink()
     device.record_validated([best, best.with_name("last.pt")])  # refused as MODEL from now on
     return metrics.results_dict, time.time() - t, device.peak_vram_mb(gpu)

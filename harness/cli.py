@@ -1,5 +1,5 @@
 """prepare.py's commands (its docstring lists them): check the dataset, generate the stand-in, fetch weights,
-plot the night's progress (with --rebuild and --test: harness/progress.py), start a new night, and the
+plot the night's progress (with --rebuild and --test: harness/progress/), start a new night, and the
 experiment queue on Ray (submit, wait, list, cancel, stop-ray: harness/queue.py)."""
 
 import argparse

@@ -3,7 +3,7 @@ to record/runs.jsonl in the checkout (ignored by git, like results.tsv), and a b
 of the baseline and of every new best, which `uv run prepare.py progress --test` validates on the test split.
 
 A line: time, commit (HEAD) and train_py_changed (train.py differs from it), train_py (a digest of the file),
-repeat (how many earlier lines have that digest: a re-run when > 0), changed (the knobs that differ from the
+repeat (how many earlier lines ran the same experiment: experiment()), changed (the knobs that differ from the
 record's first run, the baseline; the first line has all of them as `knobs`), contract (digests of the
 read-only files) and dataset (a digest of the dataset's content, once checked: harness/night.py), summary (the
 summary's values by key) or error (the `error:` line's text), wall_seconds, and for an archived run weights
@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,6 +29,7 @@ RECORD = RECORD_DIR / "runs.jsonl"
 ARCHIVE = RECORD_DIR / "best"
 ARCHIVE_MAX_FILES = 20   # the baseline and the newest bests: older bests go first
 ARCHIVE_MAX_MB = 2000
+DEVICE_INDEX = re.compile(r"^cuda:[\d,]+\s+")  # "cuda:0 " of the summary's device: two H100s are one card
 
 # ---------------------------------------------------------------------------
 # What a run was
@@ -83,6 +85,34 @@ def describe_run(train_py, wall_seconds, summary=None, error=None, **facts):
             "contract": night.contract(Path(train_py).parent), **facts, "summary": summary, "error": error,
             "wall_seconds": round(wall_seconds, 1)}
 
+
+
+def card(line):
+    """The kind of card a line's run measured on: the summary's device without its cuda index ('NVIDIA H100
+    80GB HBM3', '2 x NVIDIA H100 80GB HBM3', 'cpu'); None for a run without a summary or device."""
+    device = (line.get("summary") or {}).get("device")
+    return DEVICE_INDEX.sub("", str(device)) if device else None
+
+
+def experiment(line):
+    """What makes two runs repeats of one experiment: the same train.py (its digest) on the same dataset and
+    the same kind of card."""
+    return line.get("train_py"), line.get("dataset"), card(line)
+
+
+def reruns(lines):
+    """{line number: line number of the first successful run of the same experiment} for each line that
+    repeats an experiment already measured (numbers 1-based, as best/NNNN.pt). A repeat of a crash is no
+    re-run: the crash measured nothing."""
+    first, found = {}, {}
+    for i, line in enumerate(lines, start=1):
+        key = experiment(line)
+        if key in first:
+            found[i] = first[key]
+        elif line.get("summary"):
+            first[key] = i
+    return found
+
 # ---------------------------------------------------------------------------
 # The record file: appends only, one locked write a line
 # ---------------------------------------------------------------------------
@@ -123,7 +153,7 @@ def append(line, best_pt=None, path=RECORD):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # a second supervisor of this checkout waits here
         earlier = read_record(path)
-        line["repeat"] = sum(e.get("train_py") == line["train_py"] for e in earlier)
+        line["repeat"] = sum(experiment(e) == experiment(line) for e in earlier)
         if earlier:
             base = earlier[0].get("knobs", {})
             line["changed"] = {k: v for k, v in line.pop("knobs").items() if base.get(k, object()) != v}

@@ -113,3 +113,11 @@ def validate(weights, **kwargs):
 def prebuilt():
     """False where the environment asks for Ultralytics' own loader (benchmarks and tests compare the two)."""
     return os.environ.get(LOADER_ENV, "") != "ultralytics"
+
+
+def metric_of(weights, data_yaml, split, device, folder):
+    """The metric: Ultralytics' validator with its default settings (every class, no plots) on one split of
+    data_yaml, its val folder at folder/val; the same for the night's val split (prepare.validate_best) and
+    the held-out test split (`progress --test`). Returns Ultralytics' DetMetrics."""
+    return validate(str(weights), data=str(data_yaml), split=split, device=device, single_cls=False,
+                    plots=False, project=str(folder), name="val", exist_ok=True)

@@ -55,6 +55,20 @@ def assert_png(path):
     assert data.startswith(PNG_SIGNATURE)
 
 
+def drawn(figure, label):
+    """The points of the series with this legend label, read back from the figure's artists ([] if none)."""
+    for artist in [*figure.axes[0].collections, *figure.axes[0].lines]:
+        if artist.get_label() == label:
+            xy = artist.get_offsets() if hasattr(artist, "get_offsets") else artist.get_xydata()
+            return [(float(x), round(float(y), 6)) for x, y in xy]
+    return []
+
+
+def texts(figure):
+    """Every text drawn inside the axes (labels, notes)."""
+    return [t.get_text() for t in figure.axes[0].texts]
+
+
 # --- reading -----------------------------------------------------------------
 
 def test_parses_the_program_md_example(tmp_path):
@@ -194,26 +208,53 @@ def test_summary_of_the_sample_file():
 
 # --- plot --------------------------------------------------------------------
 
-def test_plot_of_the_sample_file(tmp_path):
+def test_plot_of_the_sample_file_draws_each_row_by_its_status_and_the_best_as_a_staircase(tmp_path):
     rows, _ = read_results(DATA / "results_sample.tsv")
-    plot_progress(rows, tmp_path / "progress.png")
+    figure = plot_progress(rows, tmp_path / "progress.png")
     assert_png(tmp_path / "progress.png")
+    for status in ("keep", "discard"):
+        assert drawn(figure, status) == [(r.n, r.metric) for r in rows if r.status == status]
+    assert [x for x, _ in drawn(figure, "crash")] == [r.n for r in rows if r.status == "crash"]
+    steps = drawn(figure, "best so far")
+    assert steps[0] == (1, 0.301245) and steps[-1] == (27, 0.421308)
+    assert [y for _, y in steps] == sorted(y for _, y in steps)  # the running best never falls
+    assert drawn(figure, "baseline 0.3012") == [(0, 0.301245), (1, 0.301245)]  # axhline: axes x, data y
 
 
-def test_plot_of_no_rows(tmp_path):
-    plot_progress([], tmp_path / "progress.png")
+def test_plot_of_no_rows_draws_no_point_and_says_so(tmp_path):
+    figure = plot_progress([], tmp_path / "progress.png")
     assert_png(tmp_path / "progress.png")
+    assert not figure.axes[0].collections and not figure.axes[0].lines
+    assert texts(figure) == ["no experiments yet"]
 
 
-def test_plot_of_all_crashes(tmp_path):
+def test_plot_of_all_crashes_pins_each_crash_to_the_bottom_and_says_so(tmp_path):
     rows = [Row(i, "aaaaaaa", 0.0, 0.0, "crash", "OOM") for i in (1, 2, 3)]
-    plot_progress(rows, tmp_path / "progress.png")
+    figure = plot_progress(rows, tmp_path / "progress.png")
     assert_png(tmp_path / "progress.png")
+    assert drawn(figure, "crash") == [(1, 0), (2, 0), (3, 0)]
+    assert drawn(figure, "keep") == [] and "every run crashed" in texts(figure)
 
 
-def test_plot_of_a_single_run(tmp_path):
-    plot_progress([Row(1, "aaaaaaa", 0.3, 8.0, "keep", "baseline")], tmp_path / "p.png")
+def test_plot_of_a_single_run_draws_it_kept_and_labelled(tmp_path):
+    figure = plot_progress([Row(1, "aaaaaaa", 0.3, 8.0, "keep", "baseline")], tmp_path / "p.png")
     assert_png(tmp_path / "p.png")
+    assert drawn(figure, "keep") == [(1, 0.3)] and drawn(figure, "discard") == []
+    assert texts(figure) == ["baseline"]
+
+
+def test_the_rotated_labels_stay_inside_the_axes(tmp_path):
+    # the best runs sit at the top, their long labels rise up and to the right of them
+    rows = [Row(n, "aaaaaaa", 0.30 + 0.01 * n, 8.0, "keep", f"a long description of change {n}")
+            for n in range(1, 13)]
+    figure = plot_progress(rows, tmp_path / "p.png")
+    renderer, ax = figure.canvas.get_renderer(), figure.axes[0]
+    box, labels = ax.get_window_extent(renderer), ax.texts
+    assert len(labels) == 12
+    for label in labels:
+        extent = label.get_window_extent(renderer)
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0 and extent.y1 <= box.y1, \
+            (label.get_text(), extent, box)
 
 
 # --- CLI entry ---------------------------------------------------------------
@@ -252,6 +293,7 @@ def test_progress_without_results_file_fails_with_one_line(tmp_path, capsys):
 
 # --- the run record: re-runs, the noise floor, rows that disagree -------------
 
+H100 = "cuda:0 NVIDIA H100 80GB HBM3"
 OOM = "CUDA out of memory at batch=256 imgsz=768; lower BATCH or IMGSZ (or pick a smaller MODEL) in train.py"
 FIRST_KNOBS = {"MODEL": "yolo11n.pt", "IMGSZ": 640, "BATCH": 128, "OPTIMIZER": "auto"}
 
@@ -261,10 +303,11 @@ def sha(short):
     return short + "e" * (40 - len(short))
 
 
-def run(commit, train_py, fitness=None, error=None, changed=None, peak_mb=8294.4, edited=False, weights=None):
+def run(commit, train_py, fitness=None, error=None, changed=None, peak_mb=8294.4, edited=False, weights=None,
+        device=H100):
     """One run as the supervisor records it (write_record adds repeat, and the first line's knobs)."""
     summary = None if fitness is None else {"fitness": f"{fitness:.6f}", "peak_vram_mb": f"{peak_mb:.1f}",
-                                           "map50_95": f"{fitness:.6f}", "epoch": "18"}
+                                           "map50_95": f"{fitness:.6f}", "epoch": "18", "device": device}
     line = {"time": "2025-03-24T01:00:00+00:00", "commit": sha(commit), "train_py_changed": edited,
             "train_py": train_py * 16, "changed": changed or {}, "summary": summary, "error": error,
             "wall_seconds": 341.5}
@@ -275,7 +318,7 @@ def write_record(tmp_path, runs, name="runs.jsonl"):
     """record/runs.jsonl of these runs, as record.append() completes them; returns its path."""
     path, lines = tmp_path / "record" / name, []
     for r in runs:
-        r = {**r, "repeat": sum(e["train_py"] == r["train_py"] for e in lines)}
+        r = {**r, "repeat": sum(record.experiment(e) == record.experiment(r) for e in lines)}
         if not lines:
             r["knobs"] = {**FIRST_KNOBS, **r.pop("changed")}
         lines.append(r)
@@ -322,16 +365,18 @@ def test_the_noise_floor_is_the_largest_difference_over_every_pair_of_runs_of_on
     rows = "".join(f"{r['commit'][:7]}\t{r['summary']['fitness'] if r['summary'] else 0}\t8.1\t"
                    f"{'keep' if r['summary'] else 'crash'}\tx\n" for r in runs)
     _, out, _ = progress_of(tmp_path, capsys, HEADER + rows, runs)
-    assert ("noise floor: 0.004000, the largest difference between two runs of one train.py (4 pairs: 2 "
-            "train.py's run 2-3 times); program.md's 0.005 stands") in out
+    assert ("noise floor: 0.004000, the largest difference between two runs of one train.py on one kind of "
+            "card (4 pairs: 2 train.py's run 2-3 times, on NVIDIA H100 80GB HBM3); program.md's 0.005 "
+            "stands") in out
 
 
 def test_a_noise_floor_above_program_md_s_says_to_count_gains_only_past_it(tmp_path, capsys):
     runs = [run("a1b2c3d", "a", 0.610), run("a1b2c3d", "a", 0.618)]
-    _, out, _ = progress_of(tmp_path, capsys, night_tsv(["a1b2c3d\t0.610000\t8.1\tkeep\tbaseline",
-                                                        "a1b2c3d\t0.618000\t8.1\tkeep\tre-run"]), runs)
-    assert ("noise floor: 0.008000, the largest difference between two runs of one train.py (1 pair: 1 "
-            "train.py run 2 times); above program.md's 0.005: count a gain only past it") in out
+    rows = ["a1b2c3d\t0.610000\t8.1\tkeep\tbaseline", "a1b2c3d\t0.618000\t8.1\tkeep\tre-run"]
+    _, out, _ = progress_of(tmp_path, capsys, night_tsv(rows), runs)
+    assert ("noise floor: 0.008000, the largest difference between two runs of one train.py on one kind of "
+            "card (1 pair: 1 train.py run 2 times, on NVIDIA H100 80GB HBM3); above program.md's 0.005: "
+            "count a gain only past it") in out
 
 
 def test_without_repeats_there_is_no_noise_floor_yet_and_program_md_s_stands(tmp_path, capsys):
@@ -341,8 +386,8 @@ def test_without_repeats_there_is_no_noise_floor_yet_and_program_md_s_stands(tmp
             "b2c3d4e\t0.620000\t8.1\tkeep\tsame, enough memory now"]
     _, out, _ = progress_of(tmp_path, capsys, night_tsv(rows), runs)
     record_path = tmp_path / "record" / "runs.jsonl"
-    assert (f"noise floor: none measured yet (no train.py has run twice without an error in {record_path}); "
-            "program.md's 0.005 stands") in out
+    assert (f"noise floor: none measured yet (no train.py has run twice without an error on one kind of card "
+            f"in {record_path}); program.md's 0.005 stands") in out
 
 
 def test_a_rerun_is_counted_as_a_rerun_not_as_a_kept_change(tmp_path, capsys):
@@ -369,6 +414,12 @@ def test_a_run_of_a_train_py_that_only_crashed_before_is_no_rerun(tmp_path, caps
     _, out, _ = progress_of(tmp_path, capsys, night_tsv(rows), runs)
     assert "runs: 2 total, 1 keep, 0 discard, 1 crash\n" in out
     assert "last 1 kept:" in out
+
+
+def test_a_repeat_of_a_crash_is_no_rerun_even_where_no_card_tells_the_two_apart():
+    lines = [run("a1b2c3d", "a", error="dataset broken", device=None), run("a1b2c3d", "a", 0.61, device=None),
+             run("a1b2c3d", "a", 0.62, device=None)]
+    assert record.reruns(lines) == {3: 2}
 
 
 def test_a_description_starting_with_rerun_is_a_rerun_where_the_record_has_no_line_for_it(tmp_path, capsys):
@@ -437,13 +488,58 @@ def test_a_results_file_that_matches_the_record_gets_no_warning(tmp_path, capsys
     assert code == 0 and err == ""
 
 
+def test_the_record_s_fitness_wins_over_a_row_s_metric_that_disagrees(tmp_path, capsys):
+    rows = NIGHT_ROWS[:2] + ["c3d4e5f\t0.705100\t7.9\tkeep\tsgd, a typo in the metric"] + NIGHT_ROWS[3:]
+    _, out, err = progress_of(tmp_path, capsys, night_tsv(rows), NIGHT)
+    assert "metric 0.705100, but the run's fitness is 0.605100" in err
+    assert "the summary counts 0.605100" in err
+    assert "best:     0.618901  b2c3d4e  imgsz 768" in out and "0.705100" not in out
+
+
+def test_runs_on_two_kinds_of_card_are_never_paired_and_two_h100s_are_one_kind(tmp_path, capsys):
+    runs = [run("a1b2c3d", "a", 0.610), run("a1b2c3d", "a", 0.650, device="cuda:0 NVIDIA A100-SXM4-40GB"),
+            run("a1b2c3d", "a", 0.612, device="cuda:1 NVIDIA H100 80GB HBM3")]
+    lines = record.read_record(write_record(tmp_path, runs))
+    assert noise_floor(lines) == (pytest.approx(0.002), 1, 1)  # never 0.650 - 0.610
+    assert record.reruns(lines) == {3: 1}  # the A100's run is the first of its own kind
+    rows = ["a1b2c3d\t0.610000\t8.1\tkeep\tbaseline", "a1b2c3d\t0.650000\t8.1\tkeep\ton an A100",
+            "a1b2c3d\t0.612000\t8.1\tdiscard\tre-run"]
+    _, out, _ = progress_of(tmp_path, capsys, night_tsv(rows), runs)
+    assert "(1 pair: 1 train.py run 2 times, on NVIDIA H100 80GB HBM3)" in out
+    assert "runs: 3 total, 2 keep, 0 discard, 0 crash, 1 re-run" in out
+
+
+def test_a_plain_progress_after_test_draws_the_last_test_until_a_new_one(tmp_path, capsys, monkeypatch,
+                                                                         easy_data):
+    from harness import progress as progress_package
+    from harness.progress import held_out
+    monkeypatch.setenv("YOLO_DATA", str(easy_data / "data.yaml"))
+    (tmp_path / "0001.pt").write_text("never validated: validate_on_test is replaced")
+    runs = [run("a1b2c3d", "a", 0.61, weights=tmp_path / "0001.pt"), run("b2c3d4e", "b", 0.62)]
+    figures, scores = [], iter([[0.55], []])
+    monkeypatch.setattr(held_out, "validate_on_test", lambda weights, stats: next(scores))
+    monkeypatch.setattr(progress_package, "plot_progress",
+                        lambda *args: figures.append(plot_progress(*args)))
+    tsv = night_tsv(NIGHT_ROWS[:2])
+    for test in (True, False, False):
+        assert progress_of(tmp_path, capsys, tsv, runs, test=test)[0] == 0
+    assert [drawn(f, "test (held out)") for f in figures] == [[(1, 0.55)]] * 3
+    next_night = [{**runs[0], "time": "2025-03-25T01:00:00+00:00"}, runs[1]]  # line 1 is another run now
+    progress_of(tmp_path, capsys, tsv, next_night)
+    assert drawn(figures[-1], "test (held out)") == []
+    (tmp_path / "0001.pt").unlink()  # a new --test without weights: nothing tested, nothing drawn
+    for test in (True, False):
+        progress_of(tmp_path, capsys, tsv, runs, test=test)
+    assert [drawn(f, "test (held out)") for f in figures[4:]] == [[], []]
+
+
 # --- --rebuild ------------------------------------------------------------------
 
 REBUILT = HEADER + (
     "a1b2c3d\t0.612345\t8.1\tkeep\tbaseline\n"
     "b2c3d4e\t0.618901\t9.4\tkeep\tIMGSZ=768\n"
     "c3d4e5f\t0.605100\t7.9\tdiscard\tIMGSZ=768 OPTIMIZER=SGD\n"
-    "d4e5f6a\t0.000000\t0.0\tcrash\tCUDA out of memory at batch=256 imgsz=768; lower BATCH or IM\n"
+    f"d4e5f6a\t0.000000\t0.0\tcrash\t{OOM}\n"
     "b2c3d4e\t0.620500\t9.4\tkeep\tre-run of b2c3d4e\n"
 )
 
@@ -496,6 +592,17 @@ def test_progress_without_results_file_but_with_a_record_says_how_to_rebuild(tmp
 # --- --test: the archived weights on the held-out test split ---------------------
 
 TABLE_ROW = r"^ +{line} +(\w{{7}}) +(\d\.\d{{6}}) +(\d\.\d{{6}}) +(\S+) +(\S+)$"
+
+
+def test_rebuild_keeps_a_crash_s_whole_error_with_its_advice_and_cuts_a_long_one_at_a_word(tmp_path, capsys,
+                                                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    long = "ValueError: " + " ".join(f"word{i}" for i in range(80)) + "; lower BATCH"
+    runs = [run("a1b2c3d", "a", error=OOM), run("b2c3d4e", "b", error=long.replace("word3 ", "word3\t\n"))]
+    assert main(["progress", "--rebuild", "--record", str(write_record(tmp_path, runs))]) == 0
+    first, second = [row.split("\t")[4] for row in (tmp_path / "results.tsv").read_text().splitlines()[1:]]
+    assert first == OOM  # its advice, after the `;`, kept
+    assert second.endswith(" …") and long.startswith(second[:-2] + " ") and 150 < len(second) <= 202
 
 
 @pytest.fixture(scope="module")
