@@ -208,8 +208,8 @@ class Limits:
 
 def hold_limits(child, limits):
     """Wait for the child under the limits. Returns its Done (None if it exited without one); stops the child
-    and raises HarnessError at a limit or at a second training; at Ctrl-C / SIGTERM stops it and raises
-    KeyboardInterrupt on."""
+    and raises HarnessError at a limit or at a second training. At Ctrl-C / SIGTERM it stops the child and
+    lets the KeyboardInterrupt go on, to the excepthook's `interrupted` line."""
     try:
         return _hold(child, limits)
     except KeyboardInterrupt:
@@ -253,7 +253,7 @@ def _hold(child, limits):
             child.stop()
             raise HarnessError(f"train.py did not exit {limits.exit_grace:g} s after prepare.finish() (a "
                                "thread or process left running?); stopped")
-    return done and Done.from_report(done)  # rebuilt once the child is gone
+    return Done.from_report(done) if done else None  # rebuilt once the child is gone
 
 
 def end_limit(child, limits, parts=False):
