@@ -44,9 +44,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import common, dataset, ddp, device, night, record, runtime, supervisor, validation, watch
-from harness.common import CACHE_DIR, GPU_DATA_ENV, REPO_DIR, RUN_DIR, HarnessError, banner
+from harness import dataset, ddp, device, failure, night, record, report, runtime, supervisor, validation
+from harness.common import CACHE_DIR, GPU_DATA_ENV, REPO_DIR, RUN_DIR, HarnessError, banner, warn
 from harness.device import pick_device, resolve_weights  # start()'s `device` is train.py's DEVICE
+from harness.watch import HeldOut
 
 # ---------------------------------------------------------------------------
 # Constants (fixed, do not modify)
@@ -58,13 +59,14 @@ FITNESS_KEY = "metrics/mAP50-95(B)"  # the one number the agent maximizes
 # Tests shorten the budget; nothing may lengthen it, and the summary always shows it.
 if "AUTORESEARCH_TIME_BUDGET" in os.environ:
     TIME_BUDGET = min(TIME_BUDGET, float(os.environ["AUTORESEARCH_TIME_BUDGET"]))
-# The supervisor's limits, on its own clock. From the child's start to its first step (imports, decoding
-# the images, building the model); with several GPUs the workers' start comes on top of the budget.
+# The supervisor's limits, on its own clock. From the child's start to its start of training (imports,
+# decoding the images, building the model); with several GPUs the workers' start comes on top of the budget.
 SETUP_LIMIT = 150
 # Of that, train.py's own code (knobs, YOLO()): `import prepare` to start(), start() to model.train(...).
 TRAIN_PY_LIMIT = 15
-# From the first step to prepare.finish(): the budget, the longest step so far (the last may start just
-# before the end), END_ALLOWANCE (checkpoints, the guard) and with VAL = True the longest validation so far.
+# From the start of training to prepare.finish(): the budget, the longest step so far (the last may start
+# just before the end; SETUP_LIMIT while none has finished), END_ALLOWANCE (checkpoints, the guard) and with
+# VAL = True the longest validation so far.
 END_ALLOWANCE = 15
 FIRST_VAL_ALLOWANCE = 0.2 * TIME_BUDGET + 30
 EXIT_GRACE = 30                      # from prepare.finish() to the child's exit
@@ -79,7 +81,7 @@ SUMMARY_KEYS = ("fitness_key", "fitness", "training_seconds", "total_seconds", "
                 "train_images_per_s", "data", "dataset", "weights", "device", "run_dir")
 
 runtime.go_offline()  # before Ultralytics is imported; then any failure ends in one `error:` line
-supervisor.install(REPO_DIR / "train.py", workers=__name__ == "__mp_main__")
+failure.install(REPO_DIR / "train.py", workers=__name__ == "__mp_main__")
 
 # ---------------------------------------------------------------------------
 # The supervisor: train.py's own process, which never runs train.py's code
@@ -97,14 +99,14 @@ def supervise():
     print(dataset.dataset_line(yaml_path, kind, stats))
     before = dataset.fingerprint(yaml_path, stats)
     key, files = night.dataset_of(stats, before)
-    supervisor.note(dataset=key)
+    failure.note(dataset=key)
     night.check_dataset(lines, key, files, record.RECORD)
     shutil.rmtree(RUN_DIR, ignore_errors=True)  # nothing of an earlier run can pass for this one's
     child_stats, view = dataset.views(stats, RUN_DIR / "view")  # val through links of its own, no test
     os.environ[DATASET_ENV] = json.dumps({"yaml": str(yaml_path), "kind": kind, "stats": child_stats},
                                          default=str)
     device.name_gpu_neighbours(record.knobs_of(Path(sys.argv[0]).read_text()).get("DEVICE"))
-    held_out = watch.HeldOut(stats, view, first_of_night=night.baseline(lines, "dataset")[1] is None)
+    held_out = HeldOut(stats, view, first_of_night=night.baseline(lines, "dataset")[1] is None)
     child = supervisor.Child(sys.argv, TIME_BUDGET, marked=SUMMARY_KEYS + ("error",))
     threading.Thread(target=lambda: __import__("ultralytics"), daemon=True).start()  # ready when needed
     done = supervisor.hold_limits(child, supervisor.Limits(
@@ -137,10 +139,10 @@ def validate_best(done, yaml_path, stats):
     if start.endswith(".pt") and Path(start).is_file() and (why := device.earlier_run(start, yaml_path)):
         raise HarnessError(f"training started from {start}, which this harness trained ({why}); weights "
                            "from earlier runs are refused: use released weights or a .yaml")
-    if device.weights_digest(best) != done["best_digest"]:
+    if device.weights_digest(best) != done.best_digest:
         raise HarnessError(f"{best} changed after prepare.finish(): the metric is of the weights training "
                            "ended with; train.py must not write there")
-    gpu = done["device"][0] if isinstance(done["device"], list) else done["device"]
+    gpu = done.device[0] if isinstance(done.device, list) else done.device
     data = dataset.write_run_yaml(stats, CACHE_DIR / "val" / f"{os.getpid()}.yaml")  # the supervisor's copy
     t = time.time()
     metrics = validation.metric_of(best, data, "val", gpu, RUN_DIR)
@@ -156,16 +158,16 @@ def print_summary(done, child, m, val_seconds, val_peak, yaml_path, kind):
     if not math.isfinite(fitness):
         raise HarnessError(f"{FITNESS_KEY} is {fitness}: the training diverged; lower LR0, or try "
                            "AMP = False")
-    # the child's clock, never longer than the supervisor's from the first step to prepare.finish()
-    training_seconds = min(done["training_seconds"], done["at"] - child.first("train_start")["at"])
+    # the child's clock, never longer than the supervisor's from the start of training to prepare.finish()
+    training_seconds = min(done.training_seconds, done.at - child.first("train_start")["at"])
     values = (FITNESS_KEY, f"{fitness:.6f}", f"{training_seconds:.1f}", f"{time.time() - T0:.1f}",
-              f"{max(done['peak_vram_mb'], val_peak):.1f}", f"{float(m['metrics/precision(B)']):.6f}",
+              f"{max(done.peak_vram_mb, val_peak):.1f}", f"{float(m['metrics/precision(B)']):.6f}",
               f"{float(m['metrics/recall(B)']):.6f}", f"{float(m['metrics/mAP50(B)']):.6f}", f"{fitness:.6f}",
-              done["epoch"] + 1, done["batch"], f"{val_seconds:.1f}", f"{TIME_BUDGET:g}",
-              f"{done['trained_images'] / max(training_seconds, 1e-9):.1f}", kind, str(yaml_path),
-              done["weights"], done["device_name"], str(RUN_DIR))
+              done.epoch + 1, done.batch, f"{val_seconds:.1f}", f"{TIME_BUDGET:g}",
+              f"{done.trained_images / max(training_seconds, 1e-9):.1f}", kind, str(yaml_path),
+              done.weights, done.device_name, str(RUN_DIR))
     summary = dict(zip(SUMMARY_KEYS, map(str, values), strict=True))
-    supervisor.record_run(summary, best_pt=RUN_DIR / "weights" / "best.pt")  # before the last lines
+    failure.record_run(summary, best_pt=RUN_DIR / "weights" / "best.pt")  # before the last lines
     supervisor.say("---")
     for key, value in summary.items():
         supervisor.say(f"{key}: {value}")
@@ -199,7 +201,7 @@ def start(model, device=None, gpu_data=True):
     global _RUN
     if DATASET_ENV not in os.environ:
         raise HarnessError("prepare.start() runs in train.py's child: run `uv run train.py`")
-    supervisor.report("start")
+    report.send("start")
     request = device
     device, device_name = pick_device(request)  # first: a bad DEVICE fails before anything is written
     os.environ[GPU_DATA_ENV] = "1" if gpu_data else "0"  # an environment variable reaches DDP workers too
@@ -208,7 +210,7 @@ def start(model, device=None, gpu_data=True):
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     data = dataset.write_run_yaml(stats, RUN_DIR / "data.yaml")
     runtime.configure_ultralytics()
-    supervisor.watch_trainings()
+    report.watch_trainings()
     if device == "cpu" and request is None:
         banner("no CUDA GPU found: training on the CPU. It works, about 100x slower; "
                "metrics are not comparable with GPU runs.")
@@ -216,7 +218,7 @@ def start(model, device=None, gpu_data=True):
     print(f"time budget: {TIME_BUDGET:g} s | device: {device_name} | weights: {weights_note}")
     _RUN = Run(str(data), {s: str(stats[s].folder) for s in ("train", "val")}, device, device_name, weights,
                weights_note)
-    supervisor.report("started")
+    report.send("started")
     return _RUN
 
 
@@ -237,7 +239,7 @@ def check_knobs(args):
         raise HarnessError(f"{', '.join(bad)} is not supported by the GPU data pipeline; set "
                            "GPU_DATA = False in train.py to use Ultralytics' CPU dataloader for it")
     if args.cache:
-        common.warn(f"cache={args.cache!r} has no effect with GPU_DATA = True: the training images are "
+        warn(f"cache={args.cache!r} has no effect with GPU_DATA = True: the training images are "
                     "decoded once anyway")
 
 # ---------------------------------------------------------------------------
@@ -270,7 +272,7 @@ def _trainer_class():
         training_seconds = 0.0     # the trainer's clock at its end (DDP: rank 0's)
 
         def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
-            supervisor.report("trainer")  # train.py's own code outside the clock ends here (TRAIN_PY_LIMIT)
+            report.send("trainer")  # train.py's own code outside the clock ends here (TRAIN_PY_LIMIT)
             # whatever name, project or exist_ok train.py passes: the one run folder
             overrides = {**(overrides or {}), "project": str(RUN_DIR.parent), "name": RUN_DIR.name,
                          "exist_ok": True}
@@ -288,11 +290,11 @@ def _trainer_class():
         def validate(self):
             if not self.args.val:  # VAL = False: nothing chooses among epochs, and the supervisor validates
                 return self.metrics, None  # results.csv keeps its metric columns, at 0
-            supervisor.report("val_start")  # the supervisor allows the longest one again after the budget
+            report.send("val_start")  # the supervisor allows the longest one again after the budget
             try:
                 return super().validate()
             finally:
-                supervisor.report("val_end")
+                report.send("val_end")
 
         def save_model(self):
             # Two checkpoints can matter: a new best validation, and the end (nothing resumes a 5-minute run).
@@ -346,12 +348,12 @@ def finish(model):
         raise HarnessError("train.py must pass trainer=prepare.Trainer to model.train(): it carries the "
                            "harness's clock and checks; put it back")
     guard(ddp.worker_view(trainer.ddp_reports[0]) if trainer.ddp else trainer, run)  # DDP: rank 0's
-    done = {"training_seconds": trainer.training_seconds, "trained_images": trainer.trained_images,
-            "epoch": trainer.epoch, "batch": trainer.batch_size,
-            "peak_vram_mb": ddp.run_peak_vram_mb(run, trainer), "device": run.device,
-            "device_name": run.device_name, "weights": run.weights_note,
-            "best_digest": device.weights_digest(trainer.best)}
-    supervisor.report("done", **done)
+    done = report.Done(training_seconds=trainer.training_seconds, trained_images=trainer.trained_images,
+                       epoch=trainer.epoch, batch=trainer.batch_size,
+                       peak_vram_mb=ddp.run_peak_vram_mb(run, trainer), device=run.device,
+                       device_name=run.device_name, weights=run.weights_note,
+                       best_digest=device.weights_digest(trainer.best))
+    done.send()
     return done
 
 
@@ -360,6 +362,6 @@ if __name__ == "__main__":  # the commands in the docstring above
     sys.exit(main())
 elif __name__ == "prepare" and supervisor.is_supervisor(REPO_DIR / "train.py"):
     sys.exit(supervise())
-elif __name__ == "prepare" and supervisor.is_child() and supervisor.runs_train_py(REPO_DIR / "train.py"):
+elif __name__ == "prepare" and report.is_child() and report.runs_train_py(REPO_DIR / "train.py"):
     __import__("ultralytics")  # here, so that train.py's own imports cost nothing of TRAIN_PY_LIMIT
-    supervisor.report("imported")
+    report.send("imported")

@@ -31,7 +31,7 @@ def main(argv=None):
                         help="progress: validate the archived baseline and bests on the test split")
     args = parser.parse_args(argv)
     if args.command == "night":
-        moved = night.start_new_night(args.record)
+        moved = night.start_new_night(args.record, record.read_record(args.record))
         print(f"a new night: the next run is its baseline; the last night's record is in {moved}, readable "
               f"with `uv run prepare.py progress --record {moved / args.record.name}`" if moved else
               f"a new night: {args.record} holds no run yet, so the next run is the night's baseline")

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from harness import common, supervisor
+from harness import common, report, supervisor
 from harness.common import HarnessError, warn, write_atomic
 from harness.device import peak_vram_mb, process_gpu_mb
 
@@ -26,10 +26,10 @@ def ddp_rank():
     return int(os.environ.get("RANK", -1))
 
 
-def write_handoff(rank, report):
+def write_handoff(rank, handoff):
     """A DDP worker's report to its parent: one JSON file per rank in the run folder."""
-    report = json.dumps({"rank": rank, **report}, default=str)
-    write_atomic(common.RUN_DIR / DDP_HANDOFF.format(rank=rank), report.encode())
+    text = json.dumps({"rank": rank, **handoff}, default=str)
+    write_atomic(common.RUN_DIR / DDP_HANDOFF.format(rank=rank), text.encode())
 
 
 def read_handoffs(world_size):
@@ -43,21 +43,21 @@ def worker_report(trainer, rank):
     summary; rank 0 also the settings it trained and validated with and its last validation's metrics,
     for the guard and the log."""
     gpu = trainer.device.index if trainer.device.type == "cuda" else "cpu"
-    report = {"training_seconds": trainer.training_seconds, "trained_images": trainer.trained_images,
-              "epoch": trainer.epoch, "gpu": gpu, "peak_vram_mb": peak_vram_mb(gpu)}
+    handoff = {"training_seconds": trainer.training_seconds, "trained_images": trainer.trained_images,
+               "epoch": trainer.epoch, "gpu": gpu, "peak_vram_mb": peak_vram_mb(gpu)}
     if rank == 0:
-        report["args"] = vars(trainer.args)
-        report["splits"] = {split: trainer.data.get(split) for split in ("train", "val")}
-        report["train_files"] = trainer.train_files
-        report["metrics"] = {k: float(v) for k, v in (trainer.metrics or {}).items()}
-    return report
+        handoff["args"] = vars(trainer.args)
+        handoff["splits"] = {split: trainer.data.get(split) for split in ("train", "val")}
+        handoff["train_files"] = trainer.train_files
+        handoff["metrics"] = {k: float(v) for k, v in (trainer.metrics or {}).items()}
+    return handoff
 
 
-def worker_view(report):
+def worker_view(handoff):
     """Rank 0's trainer as guard() sees it: the settings it trained and validated with, and its metrics."""
     from types import SimpleNamespace
-    return SimpleNamespace(args=SimpleNamespace(**report["args"]), data=report["splits"],
-                           metrics=report["metrics"], train_files=report["train_files"])
+    return SimpleNamespace(args=SimpleNamespace(**handoff["args"]), data=handoff["splits"],
+                           metrics=handoff["metrics"], train_files=handoff["train_files"])
 
 
 class DDPTraining:
@@ -70,7 +70,7 @@ class DDPTraining:
         if not self.ddp:
             return super().train()
         # the workers' start: on top of the budget
-        supervisor.report("train_start", ddp=True, val=self.args.val)
+        report.send("train_start", ddp=True, val=self.args.val)
         train_ddp(self)
 
     def preprocess_batch(self, batch):
@@ -149,7 +149,7 @@ def run_group(cmd):
     Ctrl-C, an error) stops the whole group, so no DDP worker keeps a GPU after the run. Returns the exit
     code."""
     proc = subprocess.Popen(cmd, start_new_session=True)
-    supervisor.report("process_group", pgid=proc.pid)  # a supervisor that kills this process stops them too
+    report.send("process_group", pgid=proc.pid)  # a supervisor that kills this process stops them too
     try:
         return proc.wait()
     finally:

@@ -126,13 +126,11 @@ def check_dataset(lines, key, files, record_path):
 # ---------------------------------------------------------------------------
 
 
-def start_new_night(record_path):
-    """Move the current night (the record, its archived weights, its dataset lists) into
-    record/nights/<its first run's time>/, where `progress --record` still reads it. Returns that folder, or
-    None when there was no record."""
-    from harness.record import read_record
+def start_new_night(record_path, lines):
+    """Move the current night (the record, whose lines are `lines`, its archived weights, its dataset lists)
+    into record/nights/<its first run's time>/, where `progress --record` still reads it. Returns that folder,
+    or None when there was no record."""
     folder = Path(record_path).parent
-    lines = read_record(record_path)
     if not lines:
         return None
     now = datetime.datetime.now(datetime.timezone.utc)

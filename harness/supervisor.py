@@ -1,12 +1,11 @@
 """The supervisor: train.py's own process runs train.py again as a child and watches it. The child trains and
-reports through a pipe of its own; the supervisor relays the child's output, holds the time limits, stops the
-child's whole process group, and leaves the verdict to prepare.py. Nothing the child does can reach this
-process.
+reports through a pipe of its own (harness/report.py); the supervisor relays the child's output, holds the
+time limits, stops the child's whole process group and what it left running, and leaves the verdict to
+prepare.py. Nothing the child does can reach this process.
 """
 
 import ast
 import ctypes
-import errno
 import functools
 import json
 import os
@@ -19,11 +18,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import common, record
-from harness.common import CACHE_DIR, RUN_DIR, HarnessError
+from harness import common
+from harness.common import HarnessError
+from harness.report import CHILD_ENV, REPORT_FD_ENV, Done, is_child, runs_train_py
 
-CHILD_ENV = "AUTORESEARCH_CHILD"          # set in the child (and so in every process it starts)
-REPORT_FD_ENV = "AUTORESEARCH_REPORT_FD"  # the child's end of the report pipe
 BUDGET_ENV = "AUTORESEARCH_SUPERVISED_BUDGET"  # the budget the supervisor holds, for the child's guard
 STOP_GRACE = 10                           # seconds between SIGTERM and SIGKILL
 # The child's own grace for its DDP workers (ddp.train_ddp), added to STOP_GRACE while it has some: killed
@@ -34,15 +32,6 @@ PR_SET_CHILD_SUBREAPER = 36
 # After the child's exit, how long the processes it started get to end on their own before they are stopped
 # (a DataLoader worker notices its parent is gone within about a second).
 LEFTOVER_GRACE = 2
-
-
-def is_child():
-    return os.environ.get(CHILD_ENV) == "1"
-
-
-def runs_train_py(train_py):
-    """True in a process started as `python train.py` of this checkout: the supervisor, or its child."""
-    return bool(sys.argv) and Path(sys.argv[0]).resolve() == Path(train_py).resolve()
 
 
 def check_first_statement(train_py):
@@ -64,79 +53,6 @@ def check_first_statement(train_py):
 
 
 _WRITE = os.write  # taken when prepare is imported, before any of train.py's own code can run
-_INSTALLED = {}    # train.py's path, and when prepare was imported
-
-
-def install(train_py, workers=False):
-    """At prepare's import: any uncaught exception ends the process with one `error:` line (describe_failure
-    gives its text), SIGTERM ends it the way Ctrl-C does, nothing of train.py ran before it, and the child's
-    report pipe is this process's alone. workers: a multiprocessing worker, which keeps its signal
-    handlers."""
-    sys.excepthook = _excepthook
-    _INSTALLED.update(train_py=Path(train_py), at=time.time())
-    if runs_train_py(train_py):
-        check_first_statement(train_py)
-    take_report_pipe(train_py)
-    if not workers:
-        signal.signal(signal.SIGTERM, _sigterm)
-
-
-def describe_failure(exc, tb=None):
-    """The `error:` line's text: what failed and what to do about it."""
-    if isinstance(exc, HarnessError):
-        return str(exc)
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted (SIGINT or SIGTERM) before the run finished; the next run starts clean"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return (f"disk full ({exc.filename or 'while writing'}): free space on the disk that holds "
-                f"{RUN_DIR} and {CACHE_DIR}, then run again")
-    if "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
-        trainer = common.find_trainer(tb)
-        where = f" at batch={trainer.args.batch} imgsz={trainer.args.imgsz}" if trainer else ""
-        return f"CUDA out of memory{where}; lower BATCH or IMGSZ (or pick a smaller MODEL) in train.py"
-    return f"{type(exc).__name__}: {text}"[:300]
-
-
-def _excepthook(exc_type, exc, tb):
-    from harness import ddp  # here: ddp imports this module
-    sys.stdout.flush()
-    if not isinstance(exc, (HarnessError, KeyboardInterrupt)):
-        sys.__excepthook__(exc_type, exc, tb)
-        sys.stderr.flush()
-    error, worker = describe_failure(exc, tb), ddp.ddp_rank() >= 0
-    if worker:  # a DDP worker: its parent ends with this line, not torch.distributed's
-        ddp.write_handoff(ddp.ddp_rank(), {"error": error})
-    if is_supervisor(_INSTALLED["train_py"]):
-        try:
-            record_run(error=error)
-        except Exception as e:  # the error line still comes last
-            common.warn(f"the run record ({record.RECORD}) was not written: {type(e).__name__}: {e}")
-    if not report("error", error=error) and not (worker and is_child()):
-        say(f"error: {error}")  # else the supervisor prints it, last
-
-
-def _sigterm(signum, frame):
-    # kill and timeout send SIGTERM, and `uv run` passes its own on: the first ends the run through the same
-    # clean path as Ctrl-C, a second must not interrupt that path.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
-_FACTS = {}  # what the supervisor learnt of this run for its record line (note())
-
-
-def note(**facts):
-    """Keep facts of this run (its dataset's digest) for its record line, whatever its end."""
-    _FACTS.update(facts)
-
-
-def record_run(summary=None, error=None, best_pt=None):
-    """The supervisor's line in the run record (harness/record.py) for this run: its summary or its error.
-    Returns the line as written."""
-    line = record.describe_run(_INSTALLED["train_py"], time.time() - _INSTALLED["at"], summary, error,
-                               **_FACTS)
-    return record.append(line, best_pt)
 
 
 def say(line):
@@ -151,34 +67,6 @@ def say(line):
 def is_supervisor(train_py):
     """True in the process that runs this checkout's train.py directly: it supervises, and never trains."""
     return not is_child() and runs_train_py(train_py)
-
-
-_PIPE = {}  # the child's end of the report pipe, and the one process that may write to it
-
-
-def take_report_pipe(train_py):
-    """Child side, at import: keep the report pipe for this process alone (no process it starts inherits it).
-    A train.py process that says it is the child but was given no pipe raises HarnessError."""
-    fd = os.environ.pop(REPORT_FD_ENV, None)
-    if fd is not None:
-        os.set_inheritable(int(fd), False)
-        _PIPE.update(fd=int(fd), pid=os.getpid())
-    elif is_child() and runs_train_py(train_py):
-        raise HarnessError(f"train.py runs as the supervisor's child ({CHILD_ENV}=1) without its report "
-                           "pipe: nothing would check this run. "
-                           f"Unset {CHILD_ENV} and run `uv run train.py`")
-
-
-def report(event, **fields):
-    """Child side: one event to the supervisor. Returns whether it was sent: not where there is no supervisor,
-    nor in a forked process."""
-    if _PIPE.get("pid") != os.getpid():
-        return False
-    try:
-        os.write(_PIPE["fd"], (json.dumps({"event": event, **fields}, default=str) + "\n").encode())
-    except OSError:
-        return False  # the supervisor is gone: nothing is listening
-    return True
 
 
 def mark(line, keys):
@@ -319,14 +207,15 @@ class Limits:
 
 
 def hold_limits(child, limits):
-    """Wait for the child under the limits. Returns its `done` report (None if it exited without one); stops
-    the child and raises HarnessError at a limit, at a second training or at Ctrl-C / SIGTERM."""
+    """Wait for the child under the limits. Returns its Done (None if it exited without one); stops the child
+    and raises HarnessError at a limit or at a second training. At Ctrl-C / SIGTERM it stops the child and
+    lets the KeyboardInterrupt go on, to the excepthook's `interrupted` line."""
     try:
         return _hold(child, limits)
     except KeyboardInterrupt:
         child.stop()
         child.finish()
-        raise HarnessError(describe_failure(KeyboardInterrupt())) from None
+        raise
 
 
 def _hold(child, limits):
@@ -352,34 +241,38 @@ def _hold(child, limits):
     if not finished and child.running():
         child.stop()
         raise HarnessError(f"the run overran: prepare.finish() not reached {time.time() - first['at']:.0f} s "
-                           f"after the first step, past the limit of {end_limit(child, limits):.0f} s "
-                           f"({end_limit(child, limits, parts=True)}), {child.progress()}; stopped. A slow "
-                           "machine: lower IMGSZ, BATCH or the model's size; if training had stopped "
-                           "advancing, the end of the log shows what hung")
+                           f"after training started (on_train_start), past the limit of "
+                           f"{end_limit(child, limits):.0f} s ({end_limit(child, limits, parts=True)}), "
+                           f"{child.progress()}; stopped. A slow machine: lower IMGSZ, BATCH or the model's "
+                           "size; if training had stopped advancing, the end of the log shows what hung")
     if done := child.first("done"):
         say(f"supervisor: train.py's own code ran {child.train_py_seconds():.1f} s before model.train(...)"
-            f" (limit {limits.train_py:g} s); {done['at'] - first['at']:.1f} s from the first step to "
+            f" (limit {limits.train_py:g} s); {done['at'] - first['at']:.1f} s from the start of training to "
             f"prepare.finish() (limit {end_limit(child, limits):.0f} s)")
         if not child.wait("exit", done["at"] + limits.exit_grace):
             child.stop()
             raise HarnessError(f"train.py did not exit {limits.exit_grace:g} s after prepare.finish() (a "
                                "thread or process left running?); stopped")
-    return done
+    return Done.from_report(done) if done else None  # rebuilt once the child is gone
 
 
 def end_limit(child, limits, parts=False):
-    """The most seconds from the first step to prepare.finish(): the budget, the longest step so far, the
-    end allowance, the longest validation so far (with VAL = True) and the DDP workers' start; parts: that
-    sum in words."""
+    """The most seconds from the start of training (the child's on_train_start) to prepare.finish(): the
+    budget, the longest step so far (limits.setup while none has finished), the end allowance, the longest
+    validation so far (with VAL = True) and the DDP workers' start; parts: that sum in words."""
     first = child.first("train_start")
     last_val = max(child.validation_seconds(), default=limits.first_val) if first.get("val") else 0.0
     ddp_start = limits.setup if first.get("ddp") else 0
+    # A slow machine's first step can outlast a short budget. The DDP workers' steps are never reported: the
+    # allowance for their start stands instead.
+    step = child.slowest_step() or (0.0 if ddp_start else limits.setup)
     if not parts:
-        return limits.budget + child.slowest_step() + limits.end_allowance + last_val + ddp_start
-    step = f"the longest step {child.slowest_step():.1f} s" if child.slowest_step() else "no step done"
-    return (f"the time budget {limits.budget:g} s, {step}, {limits.end_allowance:g} s for the checkpoint" +
-            (f", {last_val:.0f} s for the last validation" if last_val else "") +
-            (f", {ddp_start:g} s for the DDP workers' start" if ddp_start else ""))
+        return limits.budget + step + limits.end_allowance + last_val + ddp_start
+    step_words = (f"the longest step {step:.1f} s, " if child.slowest_step() else
+                  "" if ddp_start else f"{step:g} s while no step has finished, ")
+    return (f"the time budget {limits.budget:g} s, {step_words}{limits.end_allowance:g} s for the "
+            "checkpoint" + (f", {last_val:.0f} s for the last validation" if last_val else "")
+            + (f", {ddp_start:g} s for the DDP workers' start" if ddp_start else ""))
 
 
 def stop(proc, grace, groups=()):
@@ -482,33 +375,3 @@ def ended_early(code):
         how = f"signal {-code}"
     return (f"train.py ended ({how}) without finishing: it must call prepare.start(), model.train(...) and "
             "prepare.finish(model); the log above says where it stopped")
-
-
-@functools.cache
-def watch_trainings():
-    """Child side: every Ultralytics trainer reports the start of its set-up (train.py's own code outside the
-    clock ends there), its first step (a second training is then seen), each new longest step (the limit
-    allows one more: a slow machine's last step) and each epoch's end (how far a run got, should it
-    overrun)."""
-    from ultralytics.engine.trainer import BaseTrainer
-    run_callbacks = BaseTrainer.run_callbacks
-
-    def reporting(self, event):
-        if event == "on_pretrain_routine_start":  # any trainer's set-up: no longer train.py's own code
-            report("trainer", trainer=type(self).__name__)
-        elif event == "on_train_start":
-            report("train_start", trainer=type(self).__name__, val=bool(self.args.val))
-        elif event == "on_train_batch_start":
-            self.step_started = time.time()
-        elif event == "on_train_batch_end" and hasattr(self, "step_started"):
-            step = time.time() - self.step_started
-            if step > getattr(self, "slowest_step", 0.0):
-                self.slowest_step = step
-                report("step", seconds=step)
-        elif event == "on_fit_epoch_end":
-            images = getattr(self, "trained_images", 0)
-            report("epoch", epoch=self.epoch + 1, images=images,
-                   rate=images / max(time.time() - self.train_time_start, 1e-9))
-        return run_callbacks(self, event)
-
-    BaseTrainer.run_callbacks = reporting

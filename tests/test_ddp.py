@@ -29,7 +29,7 @@ from conftest import (
     validate_independently,
 )
 from easy_data import EASY_COUNTS
-from harness import common, ddp, device, runtime, supervisor
+from harness import common, ddp, device, failure, runtime
 
 CPU_DDP = f"import sys; sys.path.append({str(REPO / 'tests')!r}); import cpu_ddp"
 TWO_WORKERS = {"CPU_DDP_WORKERS": "2"}
@@ -178,7 +178,7 @@ def test_device_requests():
 
 def test_a_failed_ddp_run_ends_with_the_worker_error_that_started_it():
     nan = "loss is nan in epoch 3: the training diverged; lower LR0, or try AMP = False"
-    interrupted = supervisor.describe_failure(KeyboardInterrupt())
+    interrupted = failure.describe_failure(KeyboardInterrupt())
     reports = [{"rank": 0, "error": interrupted}, {"rank": 1, "error": nan}]
     assert ddp.ddp_failure(reports, 1, 2) == f"{nan} (DDP rank 1 of 2)"
     assert ddp.ddp_failure(reports[:1], 1, 2) == f"{interrupted} (DDP rank 0 of 2)"
@@ -250,13 +250,13 @@ sys.path = {sys.path!r}
 from ultralytics.utils.patches import torch_load  # the worker script's order: Ultralytics, then the state
 state = torch_load({str(file.with_suffix(".pt"))!r}, map_location="cpu")
 import prepare
-from harness import runtime, supervisor
+from harness import failure, runtime
 import ultralytics.data.dataset as dataset_mod
 import ultralytics.engine.trainer as trainer_mod
 print(json.dumps({{
     "trainer": state["trainer"] is prepare.Trainer, "prepare": prepare.__file__,
     "check_amp": trainer_mod.check_amp is runtime.check_amp,
-    "excepthook": sys.excepthook is supervisor._excepthook,
+    "excepthook": sys.excepthook is failure._excepthook,
     "labels_cache": dataset_mod.save_dataset_cache_file is runtime.save_labels_cache,
     "env": [os.environ.get(k) for k in ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_CONFIG_DIR")]}}))
 """

@@ -422,8 +422,8 @@ def test_a_run_writes_only_its_run_folder_and_the_record_whatever_train_py_passe
 STOPPING_CHILD = """
 import os, signal, sys, time
 sys.path.insert(0, {repo!r})
-from harness import supervisor
-supervisor.take_report_pipe(os.path.join({repo!r}, "train.py"))
+from harness import report, supervisor
+report.take_pipe(os.path.join({repo!r}, "train.py"))
 def on_term(*_):  # as the harness's DDP parent does: torchrun waits for its workers, then it exits
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(supervisor.STOP_GRACE + 5)
@@ -431,8 +431,8 @@ def on_term(*_):  # as the harness's DDP parent does: torchrun waits for its wor
     sys.exit(1)
 signal.signal(signal.SIGTERM, on_term)
 if {ddp}:
-    supervisor.report("process_group", pgid=os.getpid())
-supervisor.report("train_start")
+    report.send("process_group", pgid=os.getpid())
+report.send("train_start")
 time.sleep(600)
 """
 
@@ -451,3 +451,66 @@ def test_a_stopped_child_with_ddp_workers_gets_the_time_to_stop_them(tmp_path, d
     child.finish()
     # without workers it is killed STOP_GRACE after SIGTERM, before its own stop ends
     assert marker.exists() == ddp
+
+# ---------------------------------------------------------------------------
+# The end limit, on the supervisor's clock from the child's start of training (on_train_start)
+# ---------------------------------------------------------------------------
+
+TRAINING_CHILD = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from harness import report
+report.take_pipe("train.py")
+report.send("trainer")
+report.send("train_start", val=False)
+for seconds in {steps!r}:  # each step a new longest one, reported once it has finished
+    time.sleep(seconds)
+    report.send("step", seconds=seconds)
+time.sleep({hang})
+report.Done(training_seconds=1.5, trained_images=8, epoch=0, batch=4, peak_vram_mb=12.5, device=[0, 1],
+            device_name="cpu", weights="yolo11n.yaml (random init)", best_digest="abc").send()
+"""
+
+
+def hold_training_child(tmp_path, steps, hang):
+    """Run TRAINING_CHILD under a 1 s budget, 8 s of set-up, 1 s for the checkpoint. Returns (the Done or the
+    HarnessError, seconds from its start of training to the end of the wait)."""
+    import io
+
+    from harness import supervisor
+    from harness.common import HarnessError
+    script = tmp_path / "child.py"
+    script.write_text(TRAINING_CHILD.format(repo=str(REPO), steps=steps, hang=hang))
+    child = supervisor.Child([str(script)], 1, out=io.StringIO())
+    try:
+        outcome = supervisor.hold_limits(child, supervisor.Limits(1, 8, 15, 1, 0, 30))
+    except HarnessError as e:
+        outcome = e
+    ended = time.time()
+    child.finish()
+    return outcome, ended - child.first("train_start")["at"]
+
+
+def test_a_first_step_longer_than_the_budget_finishes_and_hands_over_a_typed_done(tmp_path):
+    from harness.report import Done
+    done, seconds = hold_training_child(tmp_path, steps=[3], hang=0)  # past 1 s + 1 s, no step yet
+    assert isinstance(done, Done), done
+    assert (done.training_seconds, done.trained_images, done.epoch, done.batch, done.peak_vram_mb) == \
+        (1.5, 8, 0, 4, 12.5)
+    assert (done.device, done.device_name, done.weights, done.best_digest) == \
+        ([0, 1], "cpu", "yolo11n.yaml (random init)", "abc")
+    assert 3 <= seconds < 8 and done.at > 0
+
+
+def test_while_no_step_has_finished_the_limit_allows_the_setup_limit_for_it(tmp_path):
+    error, seconds = hold_training_child(tmp_path, steps=[], hang=600)
+    assert str(error).startswith("the run overran: prepare.finish() not reached 1")
+    assert ("s after training started (on_train_start), past the limit of 10 s (the time budget 1 s, 8 s "
+            "while no step has finished, 1 s for the checkpoint), no epoch done; stopped. ") in str(error)
+    assert 10 <= seconds < 13
+
+
+def test_once_a_step_has_finished_the_limit_allows_the_longest_step_only(tmp_path):
+    error, seconds = hold_training_child(tmp_path, steps=[0.5], hang=600)
+    assert "past the limit of 2 s (the time budget 1 s, the longest step 0.5 s, 1 s for the " in str(error)
+    assert 2.5 <= seconds < 5

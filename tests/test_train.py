@@ -350,7 +350,7 @@ def test_out_of_memory_names_batch_and_imgsz_and_what_to_lower(tiny_data, tmp_pa
     import torch
     from ultralytics.models.yolo.detect import DetectionTrainer
 
-    from harness.supervisor import describe_failure
+    from harness.failure import describe_failure
     trainer = DetectionTrainer(overrides={"data": str(tiny_data / "data.yaml"), "model": "yolo11n.yaml",
                                           "imgsz": 96, "batch": 48, "device": "cpu",
                                           "project": str(tmp_path), "name": "oom"})
