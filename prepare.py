@@ -92,6 +92,7 @@ def supervise():
     """Check the dataset, run train.py's child, hold the limits, validate its best.pt, print the summary.
     Returns the exit code (0: the summary was printed); a failure raises HarnessError, the last line."""
     supervisor.adopt_orphans()  # every process the run starts, even a detached one, ends with it
+    neighbours = device.ask_gpu_neighbours(record.knobs_of(Path(sys.argv[0]).read_text()).get("DEVICE"))
     lines = record.read_record()  # the night: one contract, one dataset (harness/night.py)
     night.check_contract(lines, night.contract(), record.RECORD)
     yaml_path, kind = dataset.find_dataset()
@@ -102,10 +103,10 @@ def supervise():
     failure.note(dataset=key)
     night.check_dataset(lines, key, files, record.RECORD)
     shutil.rmtree(RUN_DIR, ignore_errors=True)  # nothing of an earlier run can pass for this one's
-    child_stats, view = dataset.views(stats, RUN_DIR / "view")  # val through links of its own, no test
+    child_stats, view = dataset.views(stats, RUN_DIR / "view")  # val through links of its own
     os.environ[DATASET_ENV] = json.dumps({"yaml": str(yaml_path), "kind": kind, "stats": child_stats},
                                          default=str)
-    device.name_gpu_neighbours(record.knobs_of(Path(sys.argv[0]).read_text()).get("DEVICE"))
+    device.name_gpu_neighbours(neighbours.result())
     held_out = HeldOut(stats, view, first_of_night=night.baseline(lines, "dataset")[1] is None)
     child = supervisor.Child(sys.argv, TIME_BUDGET, marked=SUMMARY_KEYS + ("error",))
     threading.Thread(target=lambda: __import__("ultralytics"), daemon=True).start()  # ready when needed

@@ -166,10 +166,20 @@ def gpu_neighbours(device):
     return rows
 
 
-def name_gpu_neighbours(device):
-    """Name in the log each other process that holds memory on the GPUs of train.py's DEVICE: two agents
-    sharing a card by mistake, or a process an earlier run left."""
-    for row in gpu_neighbours(device):
+def ask_gpu_neighbours(device):
+    """gpu_neighbours(device) in a thread of its own (NVML's start overlaps the dataset checks); returns its
+    Future."""
+    from concurrent.futures import ThreadPoolExecutor
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(gpu_neighbours, device)
+    pool.shutdown(wait=False)  # its thread ends with its one task
+    return future
+
+
+def name_gpu_neighbours(rows):
+    """Name in the log each other process that holds memory on the run's GPUs (gpu_neighbours' rows): two
+    agents sharing a card by mistake, or a process an earlier run left."""
+    for row in rows:
         print(f"supervisor: another process holds memory on this run's GPU, {row}: the card is shared, so "
               "this run's speed and peak memory are not its own")
 

@@ -33,7 +33,8 @@ class GpuDataset:
         memory plan (harness/memory.py) answers it from the model's measured need."""
         import torch
         t = time.time()
-        self.dataset, self.device = dataset, device
+        # labels: what Ultralytics' trainer reads off a training dataset (plots, max_det)
+        self.dataset, self.labels, self.device = dataset, dataset.labels, device
         self.imgsz = dataset.imgsz
         self.hyp = hyp
         store, self.sizes = ImageStore.decode(dataset.im_files, self.imgsz)
