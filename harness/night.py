@@ -116,7 +116,7 @@ def check_dataset(lines, key, files, record_path):
         keep_dataset_files(record_path, key, files)
         return
     before = dataset_files_of(record_path, base["dataset"])
-    changes = describe_changes(before, files) or "its classes or files"
+    changes = (describe_changes(before, files) or "its classes") if before else "its content's digest"
     raise HarnessError(f"the dataset differs from the night's baseline ({record_path} line {n}): {changes}; "
                        "put the dataset back, or start a new night on purpose with `uv run prepare.py night` "
                        "(the current record moves, readable, into record/nights/)")

@@ -188,7 +188,8 @@ def submit(commit="HEAD", repo=REPO_DIR):
         id=secrets.token_hex(3), commit=sha, archive=git(repo, "archive", "--format=tar", sha),
         record=records.read_bytes() if records.is_file() else b"", gpus=gpus,
         data_dir=str(data_dir.resolve()) if (data_dir / "data.yaml").is_file() else "",
-        env={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
+        env={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+        datasets={p.name: p.read_bytes() for p in (repo / "record" / "datasets").glob("*.json")})
     import ray
     with locked(repo):  # a collector sees the experiment in the actor and in the checkout, or in neither
         ray.get(queue_actor(repo).submit.remote(exp))
@@ -243,6 +244,9 @@ def land(repo, job, log):
     if result.error:
         log += f"error: {result.error}\n"
     write_atomic(folder / f"{job.id}.log", log.encode())
+    for name, data in (result.datasets or {}).items():  # the dataset's file list, for the night's checks
+        if not (repo / "record" / "datasets" / name).is_file():
+            write_atomic(repo / "record" / "datasets" / name, data)
     line = record_line(repo, job, end_of(log))
     with tempfile.TemporaryDirectory() as tmp:
         best = Path(tmp) / "best.pt"

@@ -49,17 +49,19 @@ class Experiment:
     gpus: int              # whole GPUs, as many as DEVICE names (0: DEVICE = "cpu")
     data_dir: str = ""     # the checkout's ships-aerial-images/, linked into the copy ("": none there)
     env: dict = field(default_factory=dict)   # YOLO_DATA, AUTORESEARCH_TIME_BUDGET as submitted
+    datasets: dict = field(default_factory=dict)  # record/datasets/: {name: bytes}, the baseline's file list
 
 
 @dataclass
 class Result:
     """How an experiment ended: train.py's exit code and record line, or `error` for one that never ended
-    (a lost worker, a cancel); best.pt's bytes for a run with a summary."""
+    (a lost worker, a cancel); best.pt's bytes for a run with a summary; the copy's record/datasets/ files."""
     id: str
     code: int
     record_line: dict = None
     best_pt: bytes = None
     error: str = None
+    datasets: dict = None
 
 
 @dataclass
@@ -186,7 +188,8 @@ def run_experiment(exp, queue):
         line = worker_line(work, exp.record)
         best = work / "run" / "weights" / "best.pt"
         best_pt = best.read_bytes() if line and line.get("summary") and best.is_file() else None
-        return Result(exp.id, code, line, best_pt)
+        datasets = {p.name: p.read_bytes() for p in (work / "record" / "datasets").glob("*.json")}
+        return Result(exp.id, code, line, best_pt, datasets=datasets)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -198,6 +201,9 @@ def unpack(exp, work):
         tar.extractall(work, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(work)
     (work / "record").mkdir(exist_ok=True)
     (work / "record" / "runs.jsonl").write_bytes(exp.record)
+    for name, data in exp.datasets.items():  # for an error line that names the files that differ
+        (work / "record" / "datasets").mkdir(exist_ok=True)
+        (work / "record" / "datasets" / name).write_bytes(data)
     if exp.data_dir:  # missing on this node: the run's own dataset check ends it with an error line
         shutil.rmtree(work / "ships-aerial-images", ignore_errors=True)
         (work / "ships-aerial-images").symlink_to(exp.data_dir)

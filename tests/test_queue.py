@@ -265,3 +265,24 @@ def test_a_lost_node_ends_its_experiment_with_an_error_line_then_a_cluster_witho
         queue.submit("HEAD", checkout)
     assert json.loads((checkout / "record" / "queue" / f"{id}.json").read_text())["code"] == 1
     git(checkout, "status")
+
+
+def test_a_worker_whose_dataset_differs_from_the_night_s_baseline_ends_with_an_error_line(
+        cluster, dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("YOLO_DATA", str(dataset / "data.yaml"))
+    monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", BUDGET)
+    repo = make_repo(tmp_path)
+    commit_all(repo)
+    queue.submit("HEAD", repo)
+    assert queue.wait(repo) == 0  # the night's baseline, on the checkout's dataset
+    for sub in ("images", "labels"):  # the node's copy now holds the val split in train/
+        for f in (dataset / "valid" / sub).iterdir():
+            (dataset / "train" / sub / f"v_{f.name}").write_bytes(f.read_bytes())
+    queue.submit("HEAD", repo)
+    capsys.readouterr()
+    assert queue.wait(repo) != 0
+    last = capsys.readouterr().out.rstrip().splitlines()[-1]
+    assert last.startswith("error: the dataset differs from the night's baseline (")
+    assert "added (train/images/v_" in last
+    lines = record.read_record(repo / "record" / "runs.jsonl")
+    assert lines[1]["error"] == last.removeprefix("error: ") and lines[1]["dataset"] != lines[0]["dataset"]
