@@ -1,6 +1,7 @@
 """The dataset: find it (YOLO_DATA, ships-aerial-images/, else the stand-in), resolve its splits, and check
 every label and image header before training. The check of an unchanged dataset is cached by fingerprint."""
 
+import contextlib
 import hashlib
 import json
 import math
@@ -8,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -110,10 +112,28 @@ def label_path(image):
     return Path(head + f"{os.sep}labels{os.sep}" + tail).with_suffix(".txt") if sep else None
 
 
-def check_label_file(path, nc):
-    """(number of boxes, problem or None) for one YOLO label file."""
+@contextlib.contextmanager
+def unwatched(path):
+    """A name to read `path` by that no run's watch on its folder counts (harness/watch.py): a hard link in
+    the cache, removed after; the path itself where no link can be made (another filesystem, no such file)."""
+    link = common.CACHE_DIR / "unwatched" / f"{os.getpid()}-{threading.get_ident()}"
     try:
-        lines = path.read_text().splitlines()
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        os.link(path, link)
+    except OSError:
+        yield Path(path)
+        return
+    try:
+        yield link
+    finally:
+        link.unlink(missing_ok=True)
+
+
+def check_label_file(path, nc, source=None):
+    """(number of boxes, problem or None) for one YOLO label file, read from `source` (default: path)."""
+    try:
+        lines = Path(source or path).read_text().splitlines()
     except FileNotFoundError:
         return 0, None  # no label file: a background image, as in Ultralytics
     except (OSError, UnicodeDecodeError) as e:
@@ -142,15 +162,17 @@ def check_label_file(path, nc):
     return boxes, None
 
 
-def check_image_file(path):
+def check_image_file(path, source=None):
     """A problem string if the image cannot be used, else None. A JPEG's header and end marker are read; any
-    other format is checked in full (a PNG's chunks, anything else decoded), so a truncated file shows."""
+    other format is checked in full (a PNG's chunks, anything else decoded), so a truncated file shows. Read
+    from `source` (default: path); problems name path."""
     from PIL import Image, UnidentifiedImageError
-    if path.stat().st_size == 0:
+    source = Path(source or path)
+    if source.stat().st_size == 0:
         return f"{path}: empty file (0 bytes)"
     kind = path.suffix.lstrip(".").upper()
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             w, h, kind = *im.size, im.format
             if kind == "PNG":
                 im.verify()
@@ -165,7 +187,7 @@ def check_image_file(path):
     if w < 10 or h < 10:
         return f"{path}: image {w}x{h} is smaller than 10 px"
     if kind == "JPEG":
-        with open(path, "rb") as f:
+        with open(source, "rb") as f:
             f.seek(-2, os.SEEK_END)
             if f.read() != b"\xff\xd9":
                 return f"{path}: truncated JPEG (no end marker)"
@@ -239,9 +261,12 @@ def check_dataset(yaml_path):
                                f"expected {label_folder(folder)}")
         boxes, problems = 0, []
         for im, lb in zip(images, labels):
-            n, problem = check_label_file(lb, nc)
+            with unwatched(lb) as source:  # another run's watch on the val and test folders sees nothing
+                n, problem = check_label_file(lb, nc, source)
             boxes += n
-            problem = problem or check_image_file(im)
+            if not problem:
+                with unwatched(im) as source:
+                    problem = check_image_file(im, source)
             if problem:
                 problems.append(problem)
         if len(problems) > MAX_BAD_SHARE * len(images):
@@ -294,7 +319,7 @@ def content_fingerprint(yaml_path, split_dirs):
         if old and old[:2] == [st.st_size, st.st_mtime_ns]:
             now[path] = old
         else:
-            with open(path, "rb") as f:
+            with unwatched(path) as source, open(source, "rb") as f:  # unseen by another run's watch
                 now[path] = [st.st_size, st.st_mtime_ns, hashlib.sha1(f.read()).hexdigest()]
     write_atomic(memo, json.dumps(now).encode())
     return {k: v[2] for k, v in now.items()}, {k: v[2] for k, v in last.items()}
