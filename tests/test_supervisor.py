@@ -399,8 +399,9 @@ def test_multi_scale_is_refused_before_training(tiny_data, tmp_path, gpu_data):
 
 def test_a_run_writes_only_its_run_folder_and_the_record_whatever_train_py_passes(dataset, tmp_path):
     repo = edited(make_repo(tmp_path), "project=run.project, name=run.name, exist_ok=True,", "name='mine',")
-    validate = ("YOLO(str(prepare.RUN_DIR / 'weights' / 'best.pt')).val(data=run.data, imgsz=IMGSZ, batch=4, "
-                "device=run.device, plots=False)")
+    # on the train split: the val split is read by the validations of VAL = True alone (tests/test_night.py)
+    validate = ("YOLO(str(prepare.RUN_DIR / 'weights' / 'best.pt')).val(data=run.data, split='train', "
+                "imgsz=IMGSZ, batch=4, device=run.device, plots=False)")
     edited(repo, "prepare.finish(model)", f"{validate}\nprepare.finish(model)")
     (repo / "weights").mkdir()
     assert run_train(repo, dataset / "data.yaml", budget=1)[0] == 0
