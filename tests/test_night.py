@@ -217,3 +217,10 @@ def test_training_on_the_val_split_through_a_dataset_of_its_own_ends_the_run(tin
     rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
     last = assert_failed(rc, log, "error: the held-out splits were read while train.py ran: the val split's ")
     assert str(repo / "run" / "view" / "val") in last and "past the validations' 0" in last
+
+
+def test_the_dataset_checks_read_past_another_run_s_watch(dataset):
+    seen = watch.OpenWatch([dataset / "valid", dataset / "test"])  # another run's child is being watched
+    stats = check_dataset(dataset / "data.yaml")  # a new dataset: every image and label is read
+    content_fingerprint(dataset / "data.yaml", [stats[s].folder for s in SPLITS if s in stats])
+    assert seen.stop() == ({}, False)
