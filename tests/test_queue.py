@@ -247,26 +247,6 @@ def train_py_pids(folder):
     return pids
 
 
-def test_a_lost_node_ends_its_experiment_with_an_error_line_then_a_cluster_without_gpus_refuses(cluster,
-                                                                                               checkout):
-    c, gpu_node = cluster
-    id = queue.submit("HEAD", checkout)
-    folder = wait_for(lambda: work_folder(checkout, id))
-    wait_for(lambda: train_py_pids(folder), 60)
-    c.remove_node(gpu_node, allow_graceful=False)
-    wait_for(lambda: not train_py_pids(folder), 30)  # no run outlives its worker
-    assert queue.wait(checkout) == 1
-    line = record.read_record(checkout / "record" / "runs.jsonl")[-1]
-    assert line["experiment"] == id
-    assert line["error"].startswith(f"experiment {id} was lost with its Ray worker")
-    assert line["error"].endswith("submit it again to run it")
-    wait_for(lambda: not ray.cluster_resources().get("GPU"), 90)  # Ray's health checks: 15-60 s
-    with pytest.raises(HarnessError, match="has no node with 1 GPU"):
-        queue.submit("HEAD", checkout)
-    assert json.loads((checkout / "record" / "queue" / f"{id}.json").read_text())["code"] == 1
-    git(checkout, "status")
-
-
 def test_a_worker_whose_dataset_differs_from_the_night_s_baseline_ends_with_an_error_line(
         cluster, dataset, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("YOLO_DATA", str(dataset / "data.yaml"))
@@ -286,3 +266,24 @@ def test_a_worker_whose_dataset_differs_from_the_night_s_baseline_ends_with_an_e
     assert "added (train/images/v_" in last
     lines = record.read_record(repo / "record" / "runs.jsonl")
     assert lines[1]["error"] == last.removeprefix("error: ") and lines[1]["dataset"] != lines[0]["dataset"]
+
+
+def test_a_lost_node_ends_its_experiment_with_an_error_line_then_a_cluster_without_gpus_refuses(cluster,
+                                                                                               checkout):
+    c, gpu_node = cluster
+    id = queue.submit("HEAD", checkout)
+    folder = wait_for(lambda: work_folder(checkout, id))
+    wait_for(lambda: train_py_pids(folder), 60)
+    c.remove_node(gpu_node, allow_graceful=False)
+    wait_for(lambda: not train_py_pids(folder), 30)  # no run outlives its worker
+    assert queue.wait(checkout) == 1
+    line = record.read_record(checkout / "record" / "runs.jsonl")[-1]
+    assert line["experiment"] == id
+    assert line["error"].startswith(f"experiment {id} was lost with its Ray worker")
+    assert line["error"].endswith("submit it again to run it")
+    wait_for(lambda: not ray.cluster_resources().get("GPU"), 90)  # Ray's health checks: 15-60 s
+    with pytest.raises(HarnessError, match="has no node with 1 GPU"):
+        queue.submit("HEAD", checkout)
+    assert json.loads((checkout / "record" / "queue" / f"{id}.json").read_text())["code"] == 1
+    git(checkout, "status")
+
