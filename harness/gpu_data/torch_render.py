@@ -1,7 +1,7 @@
 """The GPU half of a batch in plain torch: the CPU's renderer (CI), and the reference the Triton kernels are
 tested against. Mosaic, affine and flips in one backward warp from the stored images, then MixUp and HSV."""
 
-from harness.gpu_data import plan
+import harness.gpu_data.plan as plan  # the module, not the package: no import cycle
 from harness.gpu_data.store import M_H, M_OFFSET, M_STORED_H, M_STORED_W, M_W, PAD
 
 

@@ -5,7 +5,7 @@ intermediates."""
 
 import functools
 
-from harness.gpu_data import plan
+import harness.gpu_data.plan as plan  # the module, not the package: no import cycle
 from harness.gpu_data.store import M_COLS, M_H, M_OFFSET, M_STORED_H, M_STORED_W, M_W, PAD
 
 RENDER_BLOCK = 1024  # output pixels per Triton program
