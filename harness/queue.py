@@ -11,10 +11,12 @@ record/runs.jsonl through record.append. An experiment whose Ray is gone ends th
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -59,6 +61,10 @@ def connect():
     import ray
     if ray.is_initialized():
         return
+    from ray._private import ray_constants
+    # Workers run the node's own environment (README: `uv sync` on every node). Under `uv run`, Ray would
+    # instead give each job a new venv, built by `uv run` in a copy of this folder.
+    ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
     if not os.environ.get("RAY_ADDRESS"):
         on_loopback()
     address = os.environ.get("RAY_ADDRESS") or local_head()
@@ -99,7 +105,6 @@ def local_head():
 
 def free_port():
     """A TCP port free on 127.0.0.1 now."""
-    import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -185,7 +190,8 @@ def submit(commit="HEAD", repo=REPO_DIR):
     records = repo / "record" / "runs.jsonl"
     data_dir = repo / "ships-aerial-images"
     exp = queue_worker.Experiment(
-        id=secrets.token_hex(3), commit=sha, archive=git(repo, "archive", "--format=tar", sha),
+        id=secrets.token_hex(3), commit=sha, checkout=checkout_name(repo),
+        archive=git(repo, "archive", "--format=tar", sha),
         record=records.read_bytes() if records.is_file() else b"", gpus=gpus,
         data_dir=str(data_dir.resolve()) if (data_dir / "data.yaml").is_file() else "",
         env={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
@@ -195,6 +201,12 @@ def submit(commit="HEAD", repo=REPO_DIR):
         ray.get(queue_actor(repo).submit.remote(exp))
         write_atomic(repo / QUEUE_DIR / f"{exp.id}.json", json.dumps({"id": exp.id, "commit": sha}).encode())
     return exp.id
+
+
+def checkout_name(repo):
+    """The checkout's name for its slots on the workers: its folder's name and a digest of host and path."""
+    key = f"{socket.gethostname()}:{Path(repo).resolve()}".encode()
+    return f"{Path(repo).resolve().name}-{hashlib.sha1(key).hexdigest()[:8]}"
 
 
 # ---------------------------------------------------------------------------
@@ -312,6 +324,8 @@ def wait(repo=REPO_DIR):
     import ray
     repo = Path(repo)
     connect()
+    actor = queue_actor(repo)
+    seen = ray.get(actor.count_changes.remote())  # read before collecting: an end in between is not missed
     while True:
         jobs = collect(repo)
         with locked(repo):
@@ -325,7 +339,7 @@ def wait(repo=REPO_DIR):
         if not jobs:
             raise HarnessError("nothing to wait for: no experiment is queued or running; submit one first "
                                "(uv run prepare.py submit)")
-        ray.get(queue_actor(repo).wait_change.remote(WAIT_POLL))
+        seen = ray.get(actor.changed_since.remote(seen, WAIT_POLL))
 
 
 def entries(repo=REPO_DIR):
@@ -350,8 +364,9 @@ def cancel(id, repo=REPO_DIR):
     actor = queue_actor(repo)
     if not ray.get(actor.cancel.remote(id)):
         raise HarnessError(f"experiment {id} is not queued or running: `uv run prepare.py list` shows them")
+    seen = ray.get(actor.count_changes.remote())
     for _ in range(10):  # the worker is killed at once; its end lands in the record here
         if all(job.id != id or job.state == "finished" for job in ray.get(actor.jobs_now.remote())):
             break
-        ray.get(actor.wait_change.remote(3))
+        seen = ray.get(actor.changed_since.remote(seen, 3))
     collect(repo)

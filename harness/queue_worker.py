@@ -1,14 +1,19 @@
 """The Ray side of the experiment queue (harness/queue.py is the checkout's side): `Queue`, the detached actor
 of one checkout that owns its experiments and keeps each one's log and result until the checkout collects
-them, and `run_experiment`, the task that runs one experiment on a worker: the commit's files unpacked in a
-temporary folder, the checkout's record copied in, `python train.py` run there exactly as a direct run.
+them, and `run_experiment`, the task that runs one experiment on a worker: the commit's files synced into a
+slot folder of the checkout on that node, the checkout's record copied in, `python train.py` run there exactly
+as a direct run. A slot keeps its run/ folder and unchanged files between experiments, as a checkout does
+between direct runs, so label caches and compiled modules stay warm.
 
 Only the standard library and Ray: Ray sends this module's code by value, so a worker imports nothing of
 the checkout; it needs the locked environment (this venv's Python runs the Ray worker and train.py).
 """
 
 import asyncio
+import fcntl
+import filecmp
 import io
+import itertools
 import json
 import os
 import shutil
@@ -27,7 +32,8 @@ import ray
 # ---------------------------------------------------------------------------
 
 LOG_EVERY = 2.0        # seconds between the log's chunks to the actor: a lost worker loses at most these
-WORK_ROOT = Path(tempfile.gettempdir()) / "autoresearch-queue"  # a worker's copies: <id>-<worker pid>/
+WORK_ROOT = Path(tempfile.gettempdir()) / "autoresearch-queue"  # slots: <checkout>-<n>/, <checkout>-<n>.lock
+FILES = ".queue-files"  # in a slot: the commit's files synced there last, one path a line
 # train.py's process gets SIGTERM when the worker that started it dies (PR_SET_PDEATHSIG survives exec):
 # the supervisor turns it into a clean stop of its child, so no run outlives its Ray task.
 LAUNCH = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
@@ -44,6 +50,7 @@ class Experiment:
     """One submitted commit, as the worker gets it."""
     id: str
     commit: str
+    checkout: str          # the submitting checkout, as a name for its slots on a node
     archive: bytes         # `git archive` of the commit: a tar of its tracked files
     record: bytes          # the checkout's record/runs.jsonl at submit: the night's baseline comes first
     gpus: int              # whole GPUs, as many as DEVICE names (0: DEVICE = "cpu")
@@ -74,6 +81,7 @@ class Job:
     node: str = ""
     node_id: str = ""
     gpus: list = field(default_factory=list)
+    folder: str = ""       # the slot it runs in, on its node
     log: list = field(default_factory=list)
     result: Result = None
     cancelled: bool = False
@@ -87,7 +95,7 @@ class Job:
 @ray.remote(num_cpus=0)
 class Queue:
     def __init__(self):
-        self.jobs, self.refs, self.event = {}, {}, asyncio.Event()
+        self.jobs, self.refs, self.event, self.changes = {}, {}, asyncio.Event(), 0
 
     async def submit(self, exp):
         """Queue one experiment; Ray starts it when its GPUs are free. Returns its id."""
@@ -112,12 +120,13 @@ class Queue:
         self._changed()
 
     def _changed(self):
+        self.changes += 1
         self.event.set()
         self.event = asyncio.Event()
 
-    async def started(self, id, node, node_id, gpus):
+    async def started(self, id, node, node_id, gpus, folder):
         job = self.jobs[id]
-        job.node, job.node_id, job.gpus = node, node_id, gpus
+        job.node, job.node_id, job.gpus, job.folder = node, node_id, gpus, folder
         if job.state == "queued":  # an async actor may run this call after the task's end
             job.state = "running"
         self._changed()
@@ -127,7 +136,7 @@ class Queue:
 
     async def jobs_now(self):
         """[Job] without logs and results, oldest first."""
-        return [Job(j.id, j.commit, j.submitted, j.state, j.node, j.node_id, j.gpus)
+        return [Job(j.id, j.commit, j.submitted, j.state, j.node, j.node_id, j.gpus, folder=j.folder)
                 for j in self.jobs.values()]
 
     async def finished(self):
@@ -148,12 +157,18 @@ class Queue:
         ray.cancel(self.refs[id], force=True)
         return True
 
-    async def wait_change(self, timeout):
-        """Return when an experiment starts or ends, or after timeout seconds."""
-        try:
-            await asyncio.wait_for(self.event.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+    async def changed_since(self, seen, timeout):
+        """Wait until an experiment starts or ends after the count of changes was `seen` (no wait if one has),
+        or for timeout seconds. Returns the count of changes now."""
+        if self.changes == seen:
+            try:
+                await asyncio.wait_for(self.event.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        return self.changes
+
+    async def count_changes(self):
+        return self.changes
 
 
 # ---------------------------------------------------------------------------
@@ -163,20 +178,22 @@ class Queue:
 
 @ray.remote(max_retries=0)
 def run_experiment(exp, queue):
-    """Run exp's train.py in a fresh copy of its commit; returns its Result. The log goes to the actor in
-    chunks as it comes."""
+    """Run exp's train.py in a free slot of its checkout, synced to its commit; returns its Result. The log
+    goes to the actor in chunks as it comes."""
     context = ray.get_runtime_context()
     node = f"{os.uname().nodename} ({ray.util.get_node_ip_address()})"
-    queue.started.remote(exp.id, node, context.get_node_id(), [int(g) for g in ray.get_gpu_ids()])
-    remove_leftovers()
-    work = WORK_ROOT / f"{exp.id}-{os.getpid()}"
-    try:
-        unpack(exp, work)
-        queue.log.remote(exp.id, 0, f"queue: experiment {exp.id}, commit {exp.commit}, on {node} in {work}\n")
+    work, lock = take_slot(exp.checkout)
+    queue.started.remote(exp.id, node, context.get_node_id(), [int(g) for g in ray.get_gpu_ids()], str(work))
+    with lock:
+        sync(exp, work)
+        queue.log.remote(exp.id, 0, f"queue: experiment {exp.id}, commit {exp.commit}, on {node} in {work}, "
+                                    f"with {sys.executable}\n")
         # Ray gives a worker OMP_NUM_THREADS=1 (its num_cpus): a direct run has the machine's threads
         env = {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, **exp.env}
+        # train.py holds the slot's lock too, so a slot whose worker died is not taken until its run ends
         proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(os.getpid())], cwd=work, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                                pass_fds=[lock.fileno()])
         chunk, sent, number = [], time.time(), 1
         for line in proc.stdout:
             chunk.append(line)
@@ -190,23 +207,48 @@ def run_experiment(exp, queue):
         best_pt = best.read_bytes() if line and line.get("summary") and best.is_file() else None
         datasets = {p.name: p.read_bytes() for p in (work / "record" / "datasets").glob("*.json")}
         return Result(exp.id, code, line, best_pt, datasets=datasets)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
-def unpack(exp, work):
-    """The commit's files in work/, the checkout's record in work/record/, its dataset folder linked."""
-    work.mkdir(parents=True)
+def take_slot(checkout):
+    """(folder, lock file) of the checkout's first slot on this node that no run holds, locked now."""
+    WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count():
+        lock = open(WORK_ROOT / f"{checkout}-{n}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return WORK_ROOT / f"{checkout}-{n}", lock
+        except BlockingIOError:
+            lock.close()
+
+
+def sync(exp, work):
+    """work/ as the commit's files (unchanged ones untouched, so their compiled modules stay valid; run/ and
+    other untracked files kept), the checkout's record in work/record/, its dataset folder linked."""
+    fresh = work.with_name(work.name + ".new")
+    shutil.rmtree(fresh, ignore_errors=True)
     with tarfile.open(fileobj=io.BytesIO(exp.archive)) as tar:
-        tar.extractall(work, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(work)
-    (work / "record").mkdir(exist_ok=True)
+        tar.extractall(fresh, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(fresh)
+    data = work / "ships-aerial-images"
+    if data.is_symlink():  # never write the commit's files into the checkout's dataset
+        data.unlink()
+    files = {str(p.relative_to(fresh)) for p in fresh.rglob("*") if not p.is_dir()}
+    listed = work / FILES
+    for gone in set(listed.read_text().splitlines() if listed.is_file() else ()) - files:
+        (work / gone).unlink(missing_ok=True)
+    for name in files:
+        if not ((work / name).is_file() and filecmp.cmp(fresh / name, work / name, shallow=False)):
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(fresh / name, work / name)
+    listed.write_text("\n".join(sorted(files)))
+    shutil.rmtree(fresh)
+    shutil.rmtree(work / "record", ignore_errors=True)
+    (work / "record" / "datasets").mkdir(parents=True)
     (work / "record" / "runs.jsonl").write_bytes(exp.record)
-    for name, data in exp.datasets.items():  # for an error line that names the files that differ
-        (work / "record" / "datasets").mkdir(exist_ok=True)
-        (work / "record" / "datasets" / name).write_bytes(data)
+    for name, data_file in exp.datasets.items():  # for an error line that names the files that differ
+        (work / "record" / "datasets" / name).write_bytes(data_file)
     if exp.data_dir:  # missing on this node: the run's own dataset check ends it with an error line
-        shutil.rmtree(work / "ships-aerial-images", ignore_errors=True)
-        (work / "ships-aerial-images").symlink_to(exp.data_dir)
+        shutil.rmtree(data, ignore_errors=True)
+        data.symlink_to(exp.data_dir)
 
 
 def worker_line(work, seeded):
@@ -217,12 +259,4 @@ def worker_line(work, seeded):
         return json.loads(fresh[-1]) if fresh else None
     except ValueError:
         return None
-
-
-def remove_leftovers():
-    """Remove the copies of experiments whose worker was killed (its pid is gone), on this node."""
-    for folder in WORK_ROOT.glob("*-*") if WORK_ROOT.is_dir() else []:
-        pid = folder.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(folder, ignore_errors=True)
 

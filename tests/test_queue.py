@@ -30,7 +30,11 @@ def cluster():
     head = {**NODE, "num_cpus": 1, "num_gpus": 0, "include_dashboard": False}
     c = Cluster(initialize_head=True, head_node_args=head)
     gpu_node = c.add_node(**NODE, num_cpus=2, num_gpus=2)
-    ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
+    os.environ["RAY_ADDRESS"] = c.address
+    try:
+        queue.connect()
+    finally:
+        del os.environ["RAY_ADDRESS"]
     yield c, gpu_node
     ray.shutdown()
     c.shutdown()
@@ -83,6 +87,8 @@ def test_two_gpus_run_two_experiments_a_third_waits_and_all_land_in_one_record(c
         assert block.startswith("fitness_key: ") and f"commit: {line['commit']}" in block
         assert seed_grep(log)[0] == f"fitness: {line['summary']['fitness']}" and line["error"] is None
         assert line["node"].endswith("(127.0.0.1)") and len(line["gpus"]) == 1
+        assert log.startswith(f"queue: experiment {line['experiment']}, ")
+        assert f"with {sys.executable}\n" in log  # the node's own environment, not a venv Ray built
         assert line["commit"] == commits[ids.index(line["experiment"])] and line["train_py_changed"] is False
     assert lines[0]["knobs"]["SEED"] in (1, 2, 3)
     assert [set(line["changed"]) for line in lines[1:]] == [{"SEED"}] * 2
@@ -111,19 +117,44 @@ def test_an_experiment_takes_the_gpus_device_names_counted_from_0(device, gpus):
         assert queue.gpus_needed(device) == gpus
 
 
-def test_the_worker_copy_is_the_commit_with_the_checkouts_record_and_dataset(checkout, tmp_path):
+def test_a_slot_holds_the_commit_the_checkouts_record_and_dataset_and_keeps_run_and_unchanged_files(
+        checkout, tmp_path):
     (checkout / "train.py").write_text("uncommitted\n")
     data = tmp_path / "data"
     data.mkdir()
-    exp = queue_worker.Experiment(id="ab", commit="c", archive=git_bytes(checkout, "archive", "HEAD"),
-                                  record=b'{"baseline": 1}\n', gpus=1, data_dir=str(data))
+    exp = queue_worker.Experiment(id="ab", commit="c", checkout="k", archive=git_bytes(checkout, "archive",
+                                  "HEAD"), record=b'{"baseline": 1}\n', gpus=1, data_dir=str(data))
     work = tmp_path / "work"
-    queue_worker.unpack(exp, work)
+    queue_worker.sync(exp, work)
     assert (work / "train.py").read_bytes() == git_bytes(checkout, "show", "HEAD:train.py")
     assert (work / "record" / "runs.jsonl").read_bytes() == exp.record  # the night's baseline first
     assert (work / "ships-aerial-images").resolve() == data
     (work / "record" / "runs.jsonl").write_bytes(exp.record + b'{"summary": null}\n')
     assert queue_worker.worker_line(work, exp.record) == {"summary": None}
+    (work / "run").mkdir()
+    (work / "run" / "labels.cache").write_text("warm")
+    os.utime(work / "prepare.py", (1, 1))
+    git(checkout, "rm", "-q", "harness/README.md")
+    commit_knob(checkout, "SEED", 7)
+    exp.archive, exp.record = git_bytes(checkout, "archive", "HEAD"), b""
+    queue_worker.sync(exp, work)
+    assert (work / "train.py").read_bytes() == git_bytes(checkout, "show", "HEAD:train.py")
+    assert not (work / "harness" / "README.md").exists() and (work / "prepare.py").stat().st_mtime == 1
+    assert (work / "run" / "labels.cache").read_text() == "warm"
+    assert (work / "record" / "runs.jsonl").read_bytes() == b"" and list(data.iterdir()) == []
+
+
+def test_a_slot_that_a_run_holds_is_not_taken(tmp_path, monkeypatch):
+    monkeypatch.setattr(queue_worker, "WORK_ROOT", tmp_path)
+    first, lock = queue_worker.take_slot("k")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=[lock.fileno()])
+    lock.close()  # the run (here: a sleep) still holds it, as train.py holds its slot
+    second, other = queue_worker.take_slot("k")
+    assert (first.name, second.name) == ("k-0", "k-1")
+    holder.kill()
+    holder.wait()
+    other.close()
+    assert queue_worker.take_slot("k")[0].name == "k-0"
 
 
 def test_without_ray_address_submit_starts_a_local_head_on_loopback_and_stop_ray_stops_it(checkout, tmp_path):
@@ -231,7 +262,7 @@ def work_folder(repo, id):
     actor = ray.get_actor(actor_name(repo), namespace=queue.NAMESPACE)
     for job in ray.get(actor.jobs_now.remote()):
         if job.id == id and job.state == "running":
-            return next(Path("/tmp").glob(f"autoresearch-queue/{id}-*"), None)
+            return Path(job.folder)
     return None
 
 
