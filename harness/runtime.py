@@ -4,6 +4,7 @@ offline, the dataset read-only and run.log short."""
 import functools
 import hashlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def configure_ultralytics():
     import ultralytics.data.utils as data_utils
     import ultralytics.engine.trainer as trainer_mod
     import ultralytics.utils.tqdm as tqdm_mod
-    from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
+    from ultralytics.utils import LOGGER, SETTINGS, USER_CONFIG_DIR
 
     # Dataset checks ask for Arial.ttf and download it when missing: give them matplotlib's font.
     font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
@@ -61,6 +62,19 @@ def configure_ultralytics():
     trainer_mod.check_amp = check_amp
     # Progress bars redraw with '\r' ten times a second; in a log file print one line a minute.
     tqdm_mod.is_noninteractive_console = lambda: not sys.stdout.isatty()
+    LOGGER.addFilter(say_the_budget)
+
+
+def say_the_budget(record):
+    """Ultralytics' "Starting training for 0.0833 hours..." in the budget's seconds, and what its epoch counts
+    are: before the first epoch ends it counts out of its default number of epochs. Returns True (keep the
+    record)."""
+    if isinstance(record.msg, str) and (hours := re.search(r"Starting training for ([\d.e-]+) hours\.\.\.",
+                                                              record.msg)):
+        record.msg = record.msg.replace(hours[0], (
+            f"Starting training for {float(hours[1]) * 3600:.0f} s, the time budget. The first epoch counts "
+            "out of Ultralytics' default number of epochs, the next ones out of its estimate of what fits"))
+    return True
 
 
 def check_amp(model):
