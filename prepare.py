@@ -109,7 +109,9 @@ def supervise():
     device.name_gpu_neighbours(neighbours.result())
     held_out = HeldOut(stats, view, first_of_night=night.baseline(lines, "dataset")[1] is None)
     child = supervisor.Child(sys.argv, TIME_BUDGET, marked=SUMMARY_KEYS + ("error",))
-    threading.Thread(target=lambda: __import__("ultralytics"), daemon=True).start()  # ready when needed
+    # ready when validate_best needs them: Ultralytics' validator imports torchvision (~1 s) as it starts
+    imports = ("ultralytics", "torchvision")
+    threading.Thread(target=lambda: [__import__(name) for name in imports], daemon=True).start()
     done = supervisor.hold_limits(child, supervisor.Limits(
         TIME_BUDGET, SETUP_LIMIT, TRAIN_PY_LIMIT, END_ALLOWANCE, FIRST_VAL_ALLOWANCE, EXIT_GRACE))
     code, error = child.finish(), child.first("error")

@@ -239,8 +239,9 @@ def _hold(child, limits):
         raise HarnessError("train.py started a second training: one model.train(...) per run, one budget "
                            "of training; put everything in one call")
     if not finished and child.running():
+        waited = time.time() - first["at"]  # before the stop, which may take STOP_GRACE
         child.stop()
-        raise HarnessError(f"the run overran: prepare.finish() not reached {time.time() - first['at']:.0f} s "
+        raise HarnessError(f"the run overran: prepare.finish() not reached {waited:.0f} s "
                            f"after training started (on_train_start), past the limit of "
                            f"{end_limit(child, limits):.0f} s ({end_limit(child, limits, parts=True)}), "
                            f"{child.progress()}; stopped. A slow machine: lower IMGSZ, BATCH or the model's "

@@ -51,6 +51,11 @@ print("METRICS " + json.dumps({k: float(v) for k, v in m.results_dict.items()}))
 """
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """The private cache goes with the session: a suite run leaves nothing in the temporary folder."""
+    shutil.rmtree(CACHE, ignore_errors=True)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked gpu are skipped, with the reason shown, where PyTorch sees no CUDA device."""
     import torch
@@ -79,6 +84,20 @@ def easy_data():
     if not root.exists():
         generate_easy(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def easy_run(easy_data, tmp_path_factory):
+    """One real run of train.py on the easy data, in a checkout committed first: its metrics are well above 0,
+    so comparing them means something; its record holds the baseline, with its weights archived as
+    record/best/0001.pt. Shared by the tests that need a trained model: they must not change it. Returns
+    (repo, log)."""
+    repo = make_repo(tmp_path_factory.mktemp("easy"), knobs=EASY_KNOBS)
+    commit_all(repo)
+    rc, log = run_train(repo, easy_data / "data.yaml", budget=EASY_BUDGET)
+    assert rc == 0, log[-3000:]
+    assert (repo / "record" / "best" / "0001.pt").is_file()
+    return repo, log
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EASY_BUDGET, EASY_KNOBS, commit_all, make_repo, run_train, summary_of
+from conftest import summary_of
 from harness import record
 from harness.cli import main
 from harness.progress import (
@@ -606,15 +606,10 @@ def test_rebuild_keeps_a_crash_s_whole_error_with_its_advice_and_cuts_a_long_one
 
 
 @pytest.fixture(scope="module")
-def night_repo(tmp_path_factory, easy_data):
-    """A checkout after one real run of train.py on the easy data, committed first: its record holds the
-    baseline, its weights archived as record/best/0001.pt. Returns (repo, summary)."""
-    repo = make_repo(tmp_path_factory.mktemp("held-out"), knobs=EASY_KNOBS)
-    commit_all(repo)
-    rc, log = run_train(repo, easy_data / "data.yaml", budget=EASY_BUDGET)
-    assert rc == 0, log[-3000:]
-    assert (repo / "record" / "best" / "0001.pt").is_file()
-    return repo, summary_of(log)
+def night_repo(easy_run):
+    """A checkout after one real run of train.py on the easy data (conftest's easy_run). Returns (repo,
+    summary)."""
+    return easy_run[0], summary_of(easy_run[1])
 
 
 def prepare_progress(repo, data_yaml, *args):

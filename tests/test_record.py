@@ -5,6 +5,7 @@ weights."""
 import hashlib
 import multiprocessing
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from conftest import REPO, commit_all, git, make_repo, run_train, summary_of
 from harness import device, record
 
 CHEAP_ERROR = {"CACHE": '"disk"'}  # refused when the trainer is built: a run that ends in seconds
+HANG_DEAF_TO_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
 
 
 def lines_of(repo):
@@ -35,7 +37,7 @@ def use_train_py(repo, tmp_path, **edits):
 def test_every_run_leaves_one_record_line_whatever_its_end(tiny_data, tmp_path):
     repo = make_repo(tmp_path)
     ends = [({}, 3), ({"before_train": "raise RuntimeError('boom')"}, 3),
-            ({"after_train": "import time; time.sleep(120)"}, 2), ({"knobs": CHEAP_ERROR}, 3), ({}, 3)]
+            ({"after_train": HANG_DEAF_TO_SIGTERM}, 2), ({"knobs": CHEAP_ERROR}, 3), ({}, 3)]
     digests, logs = [], []
     for i, (edits, budget) in enumerate(ends):
         digests.append(use_train_py(repo, tmp_path, **edits))
@@ -54,6 +56,10 @@ def test_every_run_leaves_one_record_line_whatever_its_end(tiny_data, tmp_path):
                              (first_statement, logs[4], f"{repo / 'train.py'} line 1: `import os`")):
         assert line["summary"] is None and line["error"].startswith(start), line["error"]
         assert log.rstrip().splitlines()[-1] == f"error: {line['error']}"
+    # the overrun: past the budget, the longest step and the allowance for the checkpoint; SIGKILL followed
+    step = float(re.search(r"\(the time budget 2 s, the longest step ([\d.]+) s, 15 s for the checkpoint\)",
+                           overrun["error"])[1])
+    assert 17 + step <= int(re.search(r"not reached (\d+) s", overrun["error"])[1]) <= 20 + step
     assert all(line["wall_seconds"] > 0 for line in lines[:4]) and first_statement["wall_seconds"] < 5
     assert all(line["commit"] is None for line in lines)  # not a git checkout
     assert ok["knobs"]["IMGSZ"] == 64 and refused["changed"] == {"CACHE": "disk"}
@@ -63,16 +69,25 @@ def test_every_run_leaves_one_record_line_whatever_its_end(tiny_data, tmp_path):
     assert [line.get("weights") for line in lines[1:]] == [None] * 4
 
 
+def refused_at_once(repo):
+    """Put code above `import prepare` in repo's train.py: its runs end before the child starts, in a second
+    or two, and still leave their record line."""
+    (repo / "train.py").write_text("import os\n" + (repo / "train.py").read_text())
+
+
 def test_the_record_survives_git_reset_and_names_the_commit_and_its_edits(tiny_data, tmp_path):
-    repo = make_repo(tmp_path, knobs=CHEAP_ERROR)
+    repo = make_repo(tmp_path)
+    refused_at_once(repo)
     first = commit_all(repo)
     run_train(repo, tiny_data / "data.yaml")
-    use_train_py(repo, tmp_path, knobs={**CHEAP_ERROR, "IMGSZ": "32"})
+    use_train_py(repo, tmp_path, knobs={"IMGSZ": "32"})
+    refused_at_once(repo)
     second = commit_all(repo, "imgsz 32")
     run_train(repo, tiny_data / "data.yaml")
     git(repo, "reset", "-q", "--hard", first)
     git(repo, "clean", "-qfd")  # untracked files go; ignored ones, like the record, stay
-    use_train_py(repo, tmp_path, knobs={**CHEAP_ERROR, "IMGSZ": "48"})  # not committed
+    use_train_py(repo, tmp_path, knobs={"IMGSZ": "48"})  # not committed
+    refused_at_once(repo)
     run_train(repo, tiny_data / "data.yaml")
     git(repo, "checkout", "-q", "train.py")
     run_train(repo, tiny_data / "data.yaml")
@@ -85,15 +100,17 @@ def test_the_record_survives_git_reset_and_names_the_commit_and_its_edits(tiny_d
 
 
 def test_two_agents_at_once_each_keep_their_own_record(tiny_data, tmp_path):
-    repos = [make_repo(tmp_path, knobs={**CHEAP_ERROR, "IMGSZ": size}, name=f"agent{size}")
-             for size in ("32", "48")]
+    repos = [make_repo(tmp_path, knobs={"IMGSZ": size}, name=f"agent{size}") for size in ("32", "48")]
+    for repo in repos:
+        refused_at_once(repo)
     env = {**os.environ, "AUTORESEARCH_TIME_BUDGET": "3", "YOLO_DATA": str(tiny_data / "data.yaml")}
     procs = [subprocess.Popen([sys.executable, "train.py"], cwd=r, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.STDOUT) for r in repos]
     assert [p.wait(300) for p in procs] == [1, 1]
     for r in repos:
         (line,) = lines_of(r)
-        assert line["train_py"] == digest(r / "train.py") and line["error"].startswith("cache='disk'")
+        assert line["train_py"] == digest(r / "train.py")
+        assert line["error"].startswith(f"{r / 'train.py'} line 1")
 
 
 def append_many(path, n, size):

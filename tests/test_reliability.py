@@ -1,7 +1,6 @@
 """Behaviour over a night: faults end with one `error:` line, and nothing is lost or left behind."""
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,25 +22,6 @@ def test_nan_loss_stops_the_run_at_once(tiny_data, tmp_path):
     assert_failed(rc, log, "error: loss is nan in epoch 1: the training diverged")
 
 
-def test_a_run_that_overruns_is_stopped_by_the_harness(tiny_data, tmp_path):
-    repo = make_repo(tmp_path, after_train="import time; time.sleep(600)")  # a hang after training
-    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1, timeout=300)
-    last = assert_failed(rc, log, "error: the run overran: prepare.finish() not reached ")
-    step = float(re.search(r"\(the time budget 1 s, the longest step ([\d.]+) s, 15 s for the checkpoint\)",
-                           last)[1])
-    assert 15 + step <= int(re.search(r"not reached (\d+) s", last)[1]) <= 18 + step  # 1 s + 15 s + the step
-
-
-def test_a_slow_machine_gets_its_last_step_on_top_of_the_grace(tiny_data, tmp_path):
-    # Steps of 45 s (a CPU at 640 px takes 100): the second starts 2 s before the budget ends and finishes
-    # 43 s after it, past END_ALLOWANCE; the limit allows the longest step seen on top, so the run ends well.
-    slow = "import time\nmodel.add_callback('on_train_batch_start', lambda t: time.sleep(45))"
-    repo = make_repo(tmp_path, before_train=slow)
-    rc, log = run_train(repo, tiny_data / "data.yaml", budget=47, timeout=400)
-    assert rc == 0, log[-3000:]
-    assert 90 <= float(summary_of(log)["training_seconds"]) < 47 + 45 + 5
-
-
 def test_disk_full_while_saving_a_checkpoint(tiny_data, tmp_path):
     # last.pt points at /dev/full: writing it fails with ENOSPC, as on a full disk
     repo = make_repo(tmp_path, before_train=(
@@ -57,11 +37,18 @@ def test_a_night_of_runs_loses_nothing_and_keeps_disk_use_flat(dataset, tmp_path
     cache = tmp_path / "cache"
     env = {"AUTORESEARCH_CACHE": str(cache)}
     before = snapshot(dataset), git(repo, "status", "--porcelain"), git(repo, "rev-parse", "HEAD")
-    sizes = []
+    sizes, logs, results = [], [], []
     for _ in range(3):
         rc, log = run_train(repo, dataset / "data.yaml", budget=1, env=env)
         assert rc == 0, log[-3000:]
         sizes.append(disk_use(repo) + disk_use(cache))
+        logs.append(log)
+        results.append((repo / "run" / "results.csv").read_text().splitlines())
+    # the label scan costs seconds on a Kaggle-size set: only the first run of a dataset pays it
+    assert [log.count("New cache created") for log in logs] == [2, 0, 0]  # train and val
+    # the run folder is reused: results.csv holds this run's epochs only
+    assert [len(rows) - 1 for rows in results] == [int(summary_of(log)["epoch"]) for log in logs]
+    assert results[2][0] == results[0][0]
     assert (snapshot(dataset), git(repo, "status", "--porcelain"), git(repo, "rev-parse", "HEAD")) == before
     assert (repo / "results.tsv").read_text() == "commit\tmetric\tmemory_gb\tstatus\tdescription\n"
     assert list((cache / "labels").glob("*.cache")), "label caches live in the harness cache"

@@ -1,14 +1,15 @@
 """Behaviour of `uv run train.py > run.log 2>&1`: real (tiny, few-second) training runs in a subprocess."""
 
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import (
-    EASY_BUDGET,
-    EASY_KNOBS,
     EASY_MAP_FLOOR,
     assert_failed,
     make_repo,
@@ -54,8 +55,7 @@ SHOW_AMP = "print(f'trainer amp: {model.trainer.amp}')"
 
 @pytest.fixture(scope="module")
 def default_run(tiny_data, tmp_path_factory):
-    """One real run of train.py (few-second budget, tiny images) with the network cut off. Its results.csv is
-    kept beside the repo as first-results.csv (test_second_run_reuses_the_run_folder rewrites run/)."""
+    """One real run of train.py (few-second budget, tiny images) with the network cut off."""
     tmp = tmp_path_factory.mktemp("default")
     repo = make_repo(tmp, after_train=NETWORK_CONTROL + SHOW_AMP)
     (tmp / "offline").mkdir()
@@ -63,24 +63,17 @@ def default_run(tiny_data, tmp_path_factory):
     env = {"PYTHONPATH": str(tmp / "offline"), "NETWORK_LOG": str(tmp / "network.log")}
     (repo / "run" / "stale").mkdir(parents=True)  # left over by an earlier run
     rc, log = run_train(repo, tiny_data / "data.yaml", env=env)
-    if (repo / "run" / "results.csv").is_file():
-        __import__("shutil").copy(repo / "run" / "results.csv", tmp / "first-results.csv")
     return repo, rc, log, tmp / "network.log"
 
 
 @pytest.fixture(scope="module")
-def easy_run(easy_data, tmp_path_factory):
-    """One real run on data that a short CPU run learns (conftest's easy_data): its metrics are well above 0,
-    so comparing them means something. Returns (repo, log, the metrics of an independent validation of best.pt
-    after the run)."""
-    repo = make_repo(tmp_path_factory.mktemp("easy"), knobs=EASY_KNOBS)
-    rc, log = run_train(repo, easy_data / "data.yaml", budget=EASY_BUDGET)
-    assert rc == 0, log[-3000:]
-    return repo, log, validate_independently(repo, easy_data / "data.yaml", repo.parent / "validation")
+def honest(easy_run, easy_data, tmp_path_factory):
+    """The metrics of an independent validation of the easy run's best.pt after the run."""
+    return validate_independently(easy_run[0], easy_data / "data.yaml", tmp_path_factory.mktemp("honest"))
 
 
-def test_run_ends_with_the_seed_summary(easy_run):
-    repo, log, honest = easy_run
+def test_run_ends_with_the_seed_summary(easy_run, honest):
+    repo, log = easy_run
     summary = summary_of(log)
     assert list(summary)[:10] == SEED_KEYS
     for key, pattern in FORMATS.items():
@@ -152,7 +145,7 @@ def test_summary_extras_say_what_ran(default_run):
     assert float(summary["train_images_per_s"]) > 0
     import csv
     budget, epochs, training = 3.0, int(summary["epoch"]), float(summary["training_seconds"])
-    with open(repo.parent / "first-results.csv") as f:  # a row per epoch, with Ultralytics' training clock
+    with open(repo / "run" / "results.csv") as f:  # a row per epoch, with Ultralytics' training clock
         clock = [float(row["time"]) for row in csv.DictReader(f)]
     assert len(clock) == epochs
     # training_seconds is that clock at the last optimizer step: before the last epoch's row
@@ -182,6 +175,7 @@ def test_an_honest_run_hears_nothing_of_the_checks_around_it(default_run):
     assert [line.split(" ran ")[0] for line in log.splitlines() if line.startswith("supervisor:")] == [
         "supervisor: train.py's own code"]  # no process left, no other process on the card
     assert "Slow image access" not in log
+    assert "Starting training for 3 s, the time budget." in log and " hours..." not in log
 
 
 def test_the_cpu_trains_in_float32_as_ultralytics_does(default_run):
@@ -208,58 +202,69 @@ def test_run_folder_is_emptied_and_keeps_latest_results(default_run):
                                                       "train.py"]
 
 
-def test_second_run_reuses_the_run_folder(default_run, tiny_data):
-    repo, _, _, _ = default_run
-    first = (repo / "run" / "results.csv").read_text().splitlines()
-    rc, log = run_train(repo, tiny_data / "data.yaml")
-    assert rc == 0, log[-3000:]
-    rows = (repo / "run" / "results.csv").read_text().splitlines()
-    assert rows[0] == first[0]
-    assert len(rows) - 1 == int(summary_of(log)["epoch"])  # this run's epochs only, nothing appended
-
-
 def test_log_has_no_progress_bar_flood(default_run):
     _, _, log, _ = default_run
     assert "\r" not in log
     assert len(log.splitlines()) < 200
 
 
-@pytest.mark.parametrize("call_extra, says", [
-    ("conf=0.5", "conf=0.5"),
-    ("iou=0.3", "iou=0.3"),
-    ("max_det=5", "max_det=5"),
-    ("split='test'", "split='test'"),
-    ("fraction=[1.0, 0.5]", "fraction"),
+def test_the_guard_is_on_train_pys_call(tiny_data, tmp_path):
+    repo = make_repo(tmp_path, call_extra="conf=0.5")
+    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
+    last = assert_failed(rc, log, "error: train.py changed what gets evaluated: ")
+    assert "conf=0.5 (default None)" in last
+
+
+def guarded(tiny_data, tmp_path, monkeypatch, args=(), data=None, train_files=None):
+    """prepare.guard on a trainer as an honest call leaves it (run.data, the supervisor's budget of 3 s, every
+    training image from the train split), with `args` as train.py passed them and data or train_files as
+    training saw them. Returns the guard's error, or None."""
+    from ultralytics.cfg import get_cfg
+
+    import prepare
+    from harness.common import HarnessError
+    from harness.supervisor import BUDGET_ENV
+    monkeypatch.setenv(BUDGET_ENV, "3.0")
+    splits = {"train": str(tiny_data / "train" / "images"), "val": str(tiny_data / "valid" / "images")}
+    shutil.copy(tiny_data / "data.yaml", tmp_path / "data.yaml")
+    run = prepare.Run(str(tmp_path / "data.yaml"), splits, "cpu", "cpu", "yolo11n.yaml", "")
+    trainer = SimpleNamespace(args=get_cfg(overrides={"data": run.data, "time": 3 / 3600, **dict(args)}),
+                              data=data or splits, train_files=sorted(Path(splits["train"]).iterdir()))
+    if train_files is not None:
+        trainer.train_files = train_files
+    try:
+        prepare.guard(trainer, run)
+    except HarnessError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize("args, says", [
+    ({"conf": 0.5}, "conf=0.5 (default None)"),
+    ({"iou": 0.3}, "iou=0.3 (default 0.7)"),
+    ({"max_det": 5}, "max_det=5 (default 300)"),
+    ({"split": "test"}, "split='test' (default 'val')"),
+    ({"fraction": [1.0, 0.5]}, "fraction=[1.0, 0.5] (validation must use the whole val split)"),
+    ({"time": 2 / 3600}, "time=0.000555"),
+    ({"data": "other.yaml"}, "data=other.yaml (must be run.data)"),
 ])
-def test_guard_rejects_changed_evaluation(tiny_data, tmp_path, call_extra, says):
-    repo = make_repo(tmp_path, call_extra=call_extra)
-    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
-    assert says in assert_failed(rc, log, "error: train.py changed what gets evaluated: ")
+def test_the_guard_refuses_a_call_that_changed_what_gets_evaluated(tiny_data, tmp_path, monkeypatch, args,
+                                                                   says):
+    error = guarded(tiny_data, tmp_path, monkeypatch, args)
+    assert error.startswith("train.py changed what gets evaluated: ") and says in error, error
+    assert error.endswith("; put it back")
 
 
-def test_guard_rejects_another_time_budget(tiny_data, tmp_path):
-    repo = make_repo(tmp_path)
-    train = repo / "train.py"
-    train.write_text(train.read_text().replace("time=TIME_BUDGET / 3600", "time=2 / 3600"))
-    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
-    assert "time=0.000555" in assert_failed(rc, log, "error: train.py changed what gets evaluated: ")
-
-
-def test_guard_rejects_another_dataset(tiny_data, dataset, tmp_path):
-    repo = make_repo(tmp_path)
-    train = repo / "train.py"
-    train.write_text(train.read_text().replace("data=run.data", f"data='{dataset / 'data.yaml'}'"))
-    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
-    assert_failed(rc, log, "error: train.py changed what gets evaluated: data=")
-
-
-def test_guard_rejects_a_rewritten_dataset_yaml(tiny_data, tmp_path):
-    swap = ("import yaml; d = yaml.safe_load(open(run.data)); d['val'] = d['train']; "
-            "yaml.safe_dump(d, open(run.data, 'w'))")  # validate on the training images
-    repo = make_repo(tmp_path, before_train=swap)
-    rc, log = run_train(repo, tiny_data / "data.yaml", budget=1)
-    assert "its splits were rewritten" in assert_failed(rc, log,
-                                                        "error: train.py changed what gets evaluated: ")
+def test_the_guard_refuses_a_rewritten_dataset_yaml_and_training_images_from_elsewhere(tiny_data, tmp_path,
+                                                                                      monkeypatch):
+    assert guarded(tiny_data, tmp_path, monkeypatch) is None  # the honest call
+    val = str(tiny_data / "valid" / "images")
+    assert "its splits were rewritten" in guarded(tiny_data, tmp_path, monkeypatch, data={"train": val,
+                                                                                          "val": val})
+    elsewhere = sorted((tiny_data / "valid" / "images").iterdir())
+    assert "the training images (6 of 6 read from outside the train split" in guarded(
+        tiny_data, tmp_path, monkeypatch, train_files=elsewhere)
+    assert "(0 of 0 read" in guarded(tiny_data, tmp_path, monkeypatch, train_files=[])
 
 
 def test_checkpoints_are_written_only_for_a_new_best_or_at_the_end(tiny_data, tmp_path):
@@ -362,12 +367,3 @@ def test_out_of_memory_names_batch_and_imgsz_and_what_to_lower(tiny_data, tmp_pa
         optimizer_step(trainer)
     assert describe_failure(e.value, e.tb) == ("CUDA out of memory at batch=48 imgsz=96; "
                                                "lower BATCH or IMGSZ (or pick a smaller MODEL) in train.py")
-
-
-def test_the_second_run_reuses_the_label_cache(dataset, tmp_path):
-    # The label scan costs seconds on a Kaggle-size set: only the first run of a dataset pays it.
-    repo = make_repo(tmp_path)
-    logs = [run_train(repo, dataset / "data.yaml", budget=1) for _ in range(2)]
-    assert [rc for rc, _ in logs] == [0, 0], logs[1][1][-2000:]
-    assert logs[0][1].count("New cache created") == 2  # train and val
-    assert "New cache created" not in logs[1][1]

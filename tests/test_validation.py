@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import EASY_BUDGET, EASY_KNOBS, EASY_MAP_FLOOR, REPO, make_repo, run_train
+from conftest import EASY_MAP_FLOOR, REPO
 from easy_data import EASY_YAML, easy_image
 from harness import runtime, validation
 
@@ -18,12 +18,9 @@ VAL_SIZES = 23  # images; with batch 16 and 5 the last batch is a short one
 
 
 @pytest.fixture(scope="module")
-def best_pt(tmp_path_factory, easy_data):
+def best_pt(easy_run):
     """best.pt of a short run of train.py on the easy dataset."""
-    repo = make_repo(tmp_path_factory.mktemp("validation"), knobs=EASY_KNOBS)
-    rc, log = run_train(repo, easy_data / "data.yaml", budget=EASY_BUDGET)
-    assert rc == 0, log[-3000:]
-    return repo / "run" / "weights" / "best.pt"
+    return easy_run[0] / "run" / "weights" / "best.pt"
 
 
 @pytest.fixture(scope="module")
