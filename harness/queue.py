@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from harness import queue_worker, record
+from harness import night, queue_worker, record
 from harness.common import CACHE_DIR, REPO_DIR, HarnessError, write_atomic
 
 # ---------------------------------------------------------------------------
@@ -188,6 +188,11 @@ def submit(commit="HEAD", repo=REPO_DIR):
     collect(repo)
     check_cluster(gpus)
     records = repo / "record" / "runs.jsonl"
+    in_flight = [meta["id"] for meta in metas(repo) if "code" not in meta]
+    if in_flight and night.baseline(record.read_record(records), "dataset")[1] is None:
+        raise HarnessError(f"experiment {in_flight[0]} is the night's baseline and has not ended: wait for "
+                           "it (uv run prepare.py wait), then submit; every later experiment is checked "
+                           "against its dataset and read-only files, on whatever node it runs")
     data_dir = repo / "ships-aerial-images"
     exp = queue_worker.Experiment(
         id=secrets.token_hex(3), commit=sha, checkout=checkout_name(repo),

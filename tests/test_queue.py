@@ -68,10 +68,14 @@ def wait_for(what, seconds=120):
 
 
 def test_two_gpus_run_two_experiments_a_third_waits_and_all_land_in_one_record(cluster, checkout, capsys):
+    baseline = queue.submit("HEAD", checkout)
+    with pytest.raises(HarnessError, match=f"experiment {baseline} is the night's baseline and has not"):
+        queue.submit("HEAD", checkout)  # each later experiment is checked against the baseline's dataset
+    assert queue.wait(checkout) == 0
     commits = [commit_knob(checkout, "SEED", seed) for seed in (1, 2, 3)]
     ids = [queue.submit(c, checkout) for c in commits]
-    states = wait_for(lambda: [e.state for e in queue.entries(checkout)].count("running") == 2
-                      and [e.state for e in queue.entries(checkout)])
+    states = wait_for(lambda: [e.state for e in queue.entries(checkout)][1:].count("running") == 2
+                      and [e.state for e in queue.entries(checkout)][1:])
     assert sorted(states) == ["queued", "running", "running"]
     running = [e for e in queue.entries(checkout) if e.state == "running"]
     assert sorted(g for e in running for g in e.gpus) == [0, 1]  # never one GPU for two
@@ -80,8 +84,9 @@ def test_two_gpus_run_two_experiments_a_third_waits_and_all_land_in_one_record(c
     blocks = capsys.readouterr().out.split("---\n")[1:]
     assert codes == [0, 0, 0] and len(blocks) == 3
     lines = record.read_record(checkout / "record" / "runs.jsonl")
-    assert sorted(line["experiment"] for line in lines) == sorted(ids)
-    for line in lines:
+    assert lines[0]["experiment"] == baseline
+    assert sorted(line["experiment"] for line in lines[1:]) == sorted(ids)
+    for line in lines[1:]:
         log = (checkout / "record" / "queue" / f"{line['experiment']}.log").read_text()
         block = next(b for b in blocks if f"experiment: {line['experiment']}\n" in b)
         assert block.startswith("fitness_key: ") and f"commit: {line['commit']}" in block
@@ -90,8 +95,7 @@ def test_two_gpus_run_two_experiments_a_third_waits_and_all_land_in_one_record(c
         assert log.startswith(f"queue: experiment {line['experiment']}, ")
         assert f"with {sys.executable}\n" in log  # the node's own environment, not a venv Ray built
         assert line["commit"] == commits[ids.index(line["experiment"])] and line["train_py_changed"] is False
-    assert lines[0]["knobs"]["SEED"] in (1, 2, 3)
-    assert [set(line["changed"]) for line in lines[1:]] == [{"SEED"}] * 2
+    assert [set(line["changed"]) for line in lines[1:]] == [{"SEED"}] * 3
     assert (checkout / "record" / "best" / "0001.pt").is_file()  # the baseline's weights, from the worker
     with pytest.raises(HarnessError, match="nothing to wait for"):
         queue.wait(checkout)
@@ -233,6 +237,8 @@ def test_wait_prints_the_summary_block_or_the_error_line_last():
 
 def test_a_cancelled_or_forgotten_experiment_ends_with_an_error_line_and_its_run_stops(cluster, checkout,
                                                                                       monkeypatch):
+    queue.submit("HEAD", checkout)
+    assert queue.wait(checkout) == 0  # the night's baseline
     monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", "300")  # both still train when the test ends them
     first, second = queue.submit("HEAD", checkout), queue.submit("HEAD", checkout)
     folders = [wait_for(lambda: work_folder(checkout, id)) for id in (first, second)]
@@ -243,7 +249,7 @@ def test_a_cancelled_or_forgotten_experiment_ends_with_an_error_line_and_its_run
     # Ray restarted: the checkout's actor is gone, and the tasks it owned with it
     ray.kill(ray.get_actor(actor_name(checkout), namespace=queue.NAMESPACE))
     wait_for(lambda: not train_py_pids(folders[0]), 30)
-    assert [e.state for e in queue.entries(checkout)] == ["finished", "finished"]
+    assert [e.state for e in queue.entries(checkout)] == ["finished"] * 3
     lines = {line["experiment"]: line for line in record.read_record(checkout / "record" / "runs.jsonl")}
     assert lines[second]["error"] == (f"experiment {second} was cancelled (prepare.py cancel) before it "
                                       "ended: submit it again to run it")
