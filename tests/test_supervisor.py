@@ -470,6 +470,8 @@ def hold_training_child(tmp_path, steps, hang, after="", exit_grace=30):
     except HarnessError as e:
         outcome = e
     ended = time.time()
+    if child.running():  # a limit that failed to end it: the assertions fail, not the wait for its exit
+        child.stop()
     child.finish()
     return outcome, ended - child.first("train_start")["at"]
 
