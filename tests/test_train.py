@@ -219,12 +219,11 @@ def guarded(tiny_data, tmp_path, monkeypatch, args=(), data=None, train_files=No
     """prepare.guard on a trainer as an honest call leaves it (run.data, the supervisor's budget of 3 s, every
     training image from the train split), with `args` as train.py passed them and data or train_files as
     training saw them. Returns the guard's error, or None."""
-    from ultralytics.cfg import get_cfg
-
-    import prepare
+    import prepare  # first: its offline setup comes before Ultralytics' import
     from harness.common import HarnessError
     from harness.supervisor import BUDGET_ENV
     monkeypatch.setenv(BUDGET_ENV, "3.0")
+    from ultralytics.cfg import get_cfg
     splits = {"train": str(tiny_data / "train" / "images"), "val": str(tiny_data / "valid" / "images")}
     shutil.copy(tiny_data / "data.yaml", tmp_path / "data.yaml")
     run = prepare.Run(str(tmp_path / "data.yaml"), splits, "cpu", "cpu", "yolo11n.yaml", "")
