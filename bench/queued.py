@@ -13,13 +13,12 @@ warm. Prints rows: each run's wall clock, training and total seconds and fitness
 """
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench import run_logged
 from report import Row, lines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,12 +29,10 @@ from harness.summary import parse_summary  # noqa: E402
 def timed_run(args, log, env=None):
     """Seconds that `python args...` took in the repo root, its output into log; a failure ends the bench."""
     t = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, *args], cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                              env={**os.environ, **(env or {})})
+    code = run_logged([sys.executable, *args], log, env=env)
     seconds = time.perf_counter() - t
-    if proc.returncode:
-        sys.exit(f"error: `python {' '.join(args)}` ended with exit code {proc.returncode}; its log is {log}")
+    if code:
+        sys.exit(f"error: `python {' '.join(args)}` ended with exit code {code}; its log is {log}")
     return seconds
 
 

@@ -130,7 +130,7 @@ def queue_actor(repo):
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     ray.cloudpickle.register_pickle_by_value(queue_worker)  # workers need no checkout to run it
-    name = "queue-" + str(Path(repo).resolve()).replace("/", "_")
+    name = "queue-" + checkout_name(repo)
     heads = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]]
     head = heads[0] if heads else ray.get_runtime_context().get_node_id()
     return queue_worker.Queue.options(
@@ -200,7 +200,7 @@ def submit(commit="HEAD", repo=REPO_DIR):
         record=records.read_bytes() if records.is_file() else b"", gpus=gpus,
         data_dir=str(data_dir.resolve()) if (data_dir / "data.yaml").is_file() else "",
         env={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
-        datasets={p.name: p.read_bytes() for p in (repo / "record" / "datasets").glob("*.json")})
+        datasets=queue_worker.dataset_lists(repo / "record"))
     import ray
     with locked(repo):  # a collector sees the experiment in the actor and in the checkout, or in neither
         ray.get(queue_actor(repo).submit.remote(exp))
@@ -209,7 +209,8 @@ def submit(commit="HEAD", repo=REPO_DIR):
 
 
 def checkout_name(repo):
-    """The checkout's name for its slots on the workers: its folder's name and a digest of host and path."""
+    """The checkout's name on the cluster, for its actor and its slots on the workers: its folder's name and a
+    digest of host and path (two machines' checkouts at one path are two checkouts)."""
     key = f"{socket.gethostname()}:{Path(repo).resolve()}".encode()
     return f"{Path(repo).resolve().name}-{hashlib.sha1(key).hexdigest()[:8]}"
 

@@ -205,8 +205,7 @@ def run_experiment(exp, queue):
         line = worker_line(work, exp.record)
         best = work / "run" / "weights" / "best.pt"
         best_pt = best.read_bytes() if line and line.get("summary") and best.is_file() else None
-        datasets = {p.name: p.read_bytes() for p in (work / "record" / "datasets").glob("*.json")}
-        return Result(exp.id, code, line, best_pt, datasets=datasets)
+        return Result(exp.id, code, line, best_pt, datasets=dataset_lists(work / "record"))
 
 
 def take_slot(checkout):
@@ -249,6 +248,11 @@ def sync(exp, work):
     if exp.data_dir:  # missing on this node: the run's own dataset check ends it with an error line
         shutil.rmtree(data, ignore_errors=True)
         data.symlink_to(exp.data_dir)
+
+
+def dataset_lists(record_dir):
+    """{name: bytes} of a record folder's datasets/ files: the night's dataset file lists."""
+    return {p.name: p.read_bytes() for p in (Path(record_dir) / "datasets").glob("*.json")}
 
 
 def worker_line(work, seeded):

@@ -260,7 +260,7 @@ def test_a_cancelled_or_forgotten_experiment_ends_with_an_error_line_and_its_run
 
 
 def actor_name(repo):
-    return "queue-" + str(Path(repo).resolve()).replace("/", "_")
+    return "queue-" + queue.checkout_name(repo)
 
 
 def work_folder(repo, id):

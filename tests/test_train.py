@@ -227,10 +227,10 @@ def guarded(tiny_data, tmp_path, monkeypatch, args=(), data=None, train_files=No
     splits = {"train": str(tiny_data / "train" / "images"), "val": str(tiny_data / "valid" / "images")}
     shutil.copy(tiny_data / "data.yaml", tmp_path / "data.yaml")
     run = prepare.Run(str(tmp_path / "data.yaml"), splits, "cpu", "cpu", "yolo11n.yaml", "")
+    if train_files is None:
+        train_files = sorted(Path(splits["train"]).iterdir())
     trainer = SimpleNamespace(args=get_cfg(overrides={"data": run.data, "time": 3 / 3600, **dict(args)}),
-                              data=data or splits, train_files=sorted(Path(splits["train"]).iterdir()))
-    if train_files is not None:
-        trainer.train_files = train_files
+                              data=data or splits, train_files=train_files)
     try:
         prepare.guard(trainer, run)
     except HarnessError as e:
