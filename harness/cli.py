@@ -3,6 +3,8 @@ plot the night's progress (with --rebuild and --test: harness/progress/), start 
 experiment queue on Ray (submit, wait, list, cancel, stop-ray: harness/queue.py)."""
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from harness.common import HarnessError
@@ -53,6 +55,19 @@ def main(argv=None):
 
 
 def queue_command(command, target):
+    """One of the queue's commands, its `error:` line printed as any other's; ends the process at once, as
+    Ray's shutdown at exit takes most of a second and the experiments live on in Ray without it."""
+    try:
+        code = run_queue_command(command, target)
+    except HarnessError as e:
+        sys.excepthook(type(e), e, e.__traceback__)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run_queue_command(command, target):
     """One of the queue's commands (harness/queue.py); returns the exit code."""
     from harness import queue
     if command == "submit":

@@ -37,7 +37,6 @@ NAMESPACE = "autoresearch"             # the actors' Ray namespace; one actor pe
 HEAD_FILE = CACHE_DIR / "ray-head.json"   # the local head this machine's commands share: pid, address
 HEAD_START_SECONDS = 60
 WAIT_POLL = 30                         # seconds of one wait on the actor before collecting again
-FORWARDED_ENV = ("YOLO_DATA", "AUTORESEARCH_TIME_BUDGET")  # the submitter's, given to train.py
 LOST = "experiment {id} was lost with the Ray instance that ran it (restarted or stopped): submit it again"
 
 
@@ -88,10 +87,11 @@ def local_head():
     port = free_port()
     HEAD_FILE.parent.mkdir(parents=True, exist_ok=True)
     log = open(HEAD_FILE.with_suffix(".log"), "w")
+    # RAY_worker_niceness: train.py runs at a direct run's priority (Ray starts its workers at niceness 15)
     proc = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
                              "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false",
                              "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, "RAY_worker_niceness": "0"})
     address = f"127.0.0.1:{port}"
     deadline = time.time() + HEAD_START_SECONDS
     while "Ray runtime started" not in HEAD_FILE.with_suffix(".log").read_text():
@@ -199,7 +199,7 @@ def submit(commit="HEAD", repo=REPO_DIR):
         archive=git(repo, "archive", "--format=tar", sha),
         record=records.read_bytes() if records.is_file() else b"", gpus=gpus,
         data_dir=str(data_dir.resolve()) if (data_dir / "data.yaml").is_file() else "",
-        env={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+        env={k: os.environ[k] for k in queue_worker.FORWARDED_ENV if k in os.environ},
         datasets=queue_worker.dataset_lists(repo / "record"))
     import ray
     with locked(repo):  # a collector sees the experiment in the actor and in the checkout, or in neither

@@ -33,6 +33,7 @@ import ray
 
 LOG_EVERY = 2.0        # seconds between the log's chunks to the actor: a lost worker loses at most these
 WORK_ROOT = Path(tempfile.gettempdir()) / "autoresearch-queue"  # slots: <checkout>-<n>/, <checkout>-<n>.lock
+FORWARDED_ENV = ("YOLO_DATA", "AUTORESEARCH_TIME_BUDGET")  # the submitter's, given to train.py
 FILES = ".queue-files"  # in a slot: the commit's files synced there last, one path a line
 # train.py's process gets SIGTERM when the worker that started it dies (PR_SET_PDEATHSIG survives exec):
 # the supervisor turns it into a clean stop of its child, so no run outlives its Ray task.
@@ -187,9 +188,8 @@ def run_experiment(exp, queue):
     with lock:
         sync(exp, work)
         queue.log.remote(exp.id, 0, f"queue: experiment {exp.id}, commit {exp.commit}, on {node} in {work}, "
-                                    f"with {sys.executable}\n")
-        # Ray gives a worker OMP_NUM_THREADS=1 (its num_cpus): a direct run has the machine's threads
-        env = {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, **exp.env}
+                                    f"with {sys.executable}\n" + slow_start_warning())
+        env = train_env(dict(os.environ), exp.env)
         # train.py holds the slot's lock too, so a slot whose worker died is not taken until its run ends
         proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(os.getpid())], cwd=work, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
@@ -206,6 +206,23 @@ def run_experiment(exp, queue):
         best = work / "run" / "weights" / "best.pt"
         best_pt = best.read_bytes() if line and line.get("summary") and best.is_file() else None
         return Result(exp.id, code, line, best_pt, datasets=dataset_lists(work / "record"))
+
+
+def train_env(worker_env, submitted):
+    """train.py's environment: the worker's, less Ray's OMP_NUM_THREADS=1 (its num_cpus; a direct run has the
+    machine's threads) and the FORWARDED_ENV that the command which started Ray had, plus the submitter's."""
+    dropped = ("OMP_NUM_THREADS", *FORWARDED_ENV)
+    return {**{k: v for k, v in worker_env.items() if k not in dropped}, **submitted}
+
+
+def slow_start_warning():
+    """A log line when this worker, and so train.py, runs at a lower priority than a direct run (Ray's
+    default niceness for workers is 15; a process cannot lower its own niceness); else ""."""
+    niceness = os.getpriority(os.PRIO_PROCESS, 0)
+    if not niceness:
+        return ""
+    return (f"WARNING: this Ray worker and train.py run at niceness {niceness}, below a direct run: start "
+            "Ray with RAY_worker_niceness=0 in its environment (README, Beyond one GPU)\n")
 
 
 def take_slot(checkout):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -94,6 +95,7 @@ def test_two_gpus_run_two_experiments_a_third_waits_and_all_land_in_one_record(c
         assert line["node"].endswith("(127.0.0.1)") and len(line["gpus"]) == 1
         assert log.startswith(f"queue: experiment {line['experiment']}, ")
         assert f"with {sys.executable}\n" in log  # the node's own environment, not a venv Ray built
+        assert log.splitlines()[1].startswith("WARNING: this Ray worker and train.py run at niceness 15,")
         assert line["commit"] == commits[ids.index(line["experiment"])] and line["train_py_changed"] is False
     assert [set(line["changed"]) for line in lines[1:]] == [{"SEED"}] * 3
     assert (checkout / "record" / "best" / "0001.pt").is_file()  # the baseline's weights, from the worker
@@ -148,6 +150,11 @@ def test_a_slot_holds_the_commit_the_checkouts_record_and_dataset_and_keeps_run_
     assert (work / "record" / "runs.jsonl").read_bytes() == b"" and list(data.iterdir()) == []
 
 
+def test_train_py_gets_the_submitters_data_and_budget_never_those_of_the_command_that_started_ray():
+    worker = {"PATH": "/p", "OMP_NUM_THREADS": "1", "AUTORESEARCH_TIME_BUDGET": "7", "YOLO_DATA": "/old.yaml"}
+    assert queue_worker.train_env(worker, {"YOLO_DATA": "/d.yaml"}) == {"PATH": "/p", "YOLO_DATA": "/d.yaml"}
+
+
 def test_a_slot_that_a_run_holds_is_not_taken(tmp_path, monkeypatch):
     monkeypatch.setattr(queue_worker, "WORK_ROOT", tmp_path)
     first, lock = queue_worker.take_slot("k")
@@ -175,12 +182,36 @@ def test_without_ray_address_submit_starts_a_local_head_on_loopback_and_stop_ray
         assert head["address"].startswith("127.0.0.1:") and Path(f"/proc/{head['pid']}").exists()
         assert submit.returncode == 1 and submit.stdout.rstrip().splitlines()[-1].startswith(
             "error: the local Ray head has no node with 16 GPUs")
+        actors = [p for p in descendants(head["pid"]) if p.command.startswith("ray::Queue")]
+        assert [p.niceness for p in actors] == [0]  # Ray's workers, and train.py, at a direct run's priority
         assert cli("stop-ray").stdout == f"stopped the local Ray head (pid {head['pid']})\n"
         port = head["address"].split(":")[1]
         wait_for(lambda: not [p for p in Path("/proc").glob("[0-9]*/cmdline") if port in read(p)], 30)
     finally:  # `ray start --block` stops what it started on SIGTERM (SIGKILL would leave them running)
         if Path(f"/proc/{head['pid']}").exists():
             os.kill(head["pid"], signal.SIGTERM)
+
+
+class Process(NamedTuple):
+    pid: int
+    parent: int
+    niceness: int
+    command: str
+
+
+def descendants(pid):
+    """[Process] started by pid, its children's children too, from /proc."""
+    processes = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        fields = read(stat).rpartition(")")[2].split()  # after the command's name: state, ppid, ...
+        if len(fields) > 16:
+            processes.append(Process(int(stat.parent.name), int(fields[1]), int(fields[16]),
+                                     read(stat.with_name("cmdline")).replace("\0", " ")))
+    found, parents = [], {pid}
+    while new := [p for p in processes if p.parent in parents and p not in found]:
+        found += new
+        parents = {p.pid for p in new}
+    return found
 
 
 def read(path):
