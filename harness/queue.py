@@ -37,7 +37,8 @@ NAMESPACE = "autoresearch"             # the actors' Ray namespace; one actor pe
 HEAD_FILE = CACHE_DIR / "ray-head.json"   # the local head this machine's commands share: pid, address
 HEAD_START_SECONDS = 60
 WAIT_POLL = 30                         # seconds of one wait on the actor before collecting again
-LOST = "experiment {id} was lost with the Ray instance that ran it (restarted or stopped): submit it again"
+LOST = ("experiment {id} was lost with the Ray instance that ran it (restarted or stopped) or its queue "
+        "(harness/ changed): submit it again")
 
 
 class Entry(NamedTuple):
@@ -130,12 +131,19 @@ def queue_actor(repo):
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     ray.cloudpickle.register_pickle_by_value(queue_worker)  # workers need no checkout to run it
-    name = "queue-" + checkout_name(repo)
     heads = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]]
     head = heads[0] if heads else ray.get_runtime_context().get_node_id()
     return queue_worker.Queue.options(
-        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        name=actor_name(repo), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)).remote()
+
+
+def actor_name(repo):
+    """The name of the checkout's actor: the checkout's, and a digest of queue_worker.py, whose code an actor
+    keeps from when it was made: after a change of the harness the next command makes a new actor, and the
+    old one's experiments end as lost ones do."""
+    code = hashlib.sha1(Path(queue_worker.__file__).read_bytes()).hexdigest()[:8]
+    return f"queue-{checkout_name(repo)}-{code}"
 
 
 # ---------------------------------------------------------------------------

@@ -188,7 +188,7 @@ def run_experiment(exp, queue):
     with lock:
         sync(exp, work)
         queue.log.remote(exp.id, 0, f"queue: experiment {exp.id}, commit {exp.commit}, on {node} in {work}, "
-                                    f"with {sys.executable}\n" + slow_start_warning())
+                                    f"with {sys.executable}\n" + niceness_warning())
         env = train_env(dict(os.environ), exp.env)
         # train.py holds the slot's lock too, so a slot whose worker died is not taken until its run ends
         proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(os.getpid())], cwd=work, env=env,
@@ -215,7 +215,7 @@ def train_env(worker_env, submitted):
     return {**{k: v for k, v in worker_env.items() if k not in dropped}, **submitted}
 
 
-def slow_start_warning():
+def niceness_warning():
     """A log line when this worker, and so train.py, runs at a lower priority than a direct run (Ray's
     default niceness for workers is 15; a process cannot lower its own niceness); else ""."""
     niceness = os.getpriority(os.PRIO_PROCESS, 0)

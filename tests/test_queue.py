@@ -155,6 +155,15 @@ def test_train_py_gets_the_submitters_data_and_budget_never_those_of_the_command
     assert queue_worker.train_env(worker, {"YOLO_DATA": "/d.yaml"}) == {"PATH": "/p", "YOLO_DATA": "/d.yaml"}
 
 
+def test_a_changed_queue_worker_gets_a_new_actor_which_never_runs_the_old_code(tmp_path, monkeypatch):
+    before = queue.actor_name(tmp_path)
+    assert before.startswith(f"queue-{queue.checkout_name(tmp_path)}-")
+    changed = tmp_path / "queue_worker.py"
+    changed.write_bytes(Path(queue_worker.__file__).read_bytes() + b"# changed\n")
+    monkeypatch.setattr(queue_worker, "__file__", str(changed))
+    assert queue.actor_name(tmp_path) != before
+
+
 def test_a_slot_that_a_run_holds_is_not_taken(tmp_path, monkeypatch):
     monkeypatch.setattr(queue_worker, "WORK_ROOT", tmp_path)
     first, lock = queue_worker.take_slot("k")
@@ -278,7 +287,7 @@ def test_a_cancelled_or_forgotten_experiment_ends_with_an_error_line_and_its_run
     queue.cancel(second, checkout)
     wait_for(lambda: not train_py_pids(folders[1]), 30)  # the killed worker's train.py stopped too
     # Ray restarted: the checkout's actor is gone, and the tasks it owned with it
-    ray.kill(ray.get_actor(actor_name(checkout), namespace=queue.NAMESPACE))
+    ray.kill(ray.get_actor(queue.actor_name(checkout), namespace=queue.NAMESPACE))
     wait_for(lambda: not train_py_pids(folders[0]), 30)
     assert [e.state for e in queue.entries(checkout)] == ["finished"] * 3
     lines = {line["experiment"]: line for line in record.read_record(checkout / "record" / "runs.jsonl")}
@@ -290,13 +299,9 @@ def test_a_cancelled_or_forgotten_experiment_ends_with_an_error_line_and_its_run
         assert log.rstrip().splitlines()[-1] == f"error: {lines[id]['error']}" and seed_grep(log) == []
 
 
-def actor_name(repo):
-    return "queue-" + queue.checkout_name(repo)
-
-
 def work_folder(repo, id):
     """The worker's copy of an experiment, from the first line of its log so far."""
-    actor = ray.get_actor(actor_name(repo), namespace=queue.NAMESPACE)
+    actor = ray.get_actor(queue.actor_name(repo), namespace=queue.NAMESPACE)
     for job in ray.get(actor.jobs_now.remote()):
         if job.id == id and job.state == "running":
             return Path(job.folder)
