@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 
@@ -17,9 +16,9 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback addresses stay
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from conftest import commit_all, git, make_repo, seed_grep  # noqa: E402
+from conftest import commit_all, descendants, git, make_repo, seed_grep  # noqa: E402
 from harness import queue, queue_worker, record  # noqa: E402
-from harness.common import HarnessError  # noqa: E402
+from harness.common import HarnessError, command_line  # noqa: E402
 
 NODE = {"node_ip_address": "127.0.0.1", "object_store_memory": 100_000_000}
 BUDGET = "3"
@@ -191,36 +190,15 @@ def test_without_ray_address_submit_starts_a_local_head_on_loopback_and_stop_ray
         assert head["address"].startswith("127.0.0.1:") and Path(f"/proc/{head['pid']}").exists()
         assert submit.returncode == 1 and submit.stdout.rstrip().splitlines()[-1].startswith(
             "error: the local Ray head has no node with 16 GPUs")
-        actors = [p for p in descendants(head["pid"]) if p.command.startswith("ray::Queue")]
-        assert [p.niceness for p in actors] == [0]  # Ray's workers, and train.py, at a direct run's priority
+        actors = [pid for pid, _ in descendants(head["pid"]) if command_line(pid).startswith("ray::Queue")]
+        # Ray's workers, and train.py, at a direct run's priority
+        assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in actors] == [0]
         assert cli("stop-ray").stdout == f"stopped the local Ray head (pid {head['pid']})\n"
         port = head["address"].split(":")[1]
         wait_for(lambda: not [p for p in Path("/proc").glob("[0-9]*/cmdline") if port in read(p)], 30)
     finally:  # `ray start --block` stops what it started on SIGTERM (SIGKILL would leave them running)
         if Path(f"/proc/{head['pid']}").exists():
             os.kill(head["pid"], signal.SIGTERM)
-
-
-class Process(NamedTuple):
-    pid: int
-    parent: int
-    niceness: int
-    command: str
-
-
-def descendants(pid):
-    """[Process] started by pid, its children's children too, from /proc."""
-    processes = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        fields = read(stat).rpartition(")")[2].split()  # after the command's name: state, ppid, ...
-        if len(fields) > 16:
-            processes.append(Process(int(stat.parent.name), int(fields[1]), int(fields[16]),
-                                     read(stat.with_name("cmdline")).replace("\0", " ")))
-    found, parents = [], {pid}
-    while new := [p for p in processes if p.parent in parents and p not in found]:
-        found += new
-        parents = {p.pid for p in new}
-    return found
 
 
 def read(path):
