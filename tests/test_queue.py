@@ -4,6 +4,7 @@ CPU), each one's log and record line into the submitting checkout; a fault ends 
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,12 +43,15 @@ def cluster():
 
 @pytest.fixture
 def checkout(tiny_data, tmp_path, monkeypatch):
-    """An agent's checkout, its baseline committed; train.py's runs read the tiny data for a few seconds."""
+    """An agent's checkout, its baseline committed; train.py's runs read the tiny data for a few seconds. Its
+    slots on the node go with the test (a night's checkout keeps its own)."""
     monkeypatch.setenv("YOLO_DATA", str(tiny_data / "data.yaml"))
     monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", BUDGET)
     repo = make_repo(tmp_path)
     commit_all(repo)
-    return repo
+    yield repo
+    for slot in queue_worker.WORK_ROOT.glob(f"{queue.checkout_name(repo)}-*"):
+        shutil.rmtree(slot, ignore_errors=True) if slot.is_dir() else slot.unlink()
 
 
 def commit_knob(repo, name, value):
@@ -82,7 +86,8 @@ def test_two_gpus_run_two_experiments_a_third_waits_and_all_land_in_one_record(c
     capsys.readouterr()
     codes = [queue.wait(checkout) for _ in ids]
     blocks = capsys.readouterr().out.split("---\n")[1:]
-    assert codes == [0, 0, 0] and len(blocks) == 3
+    logs = {p.name: p.read_text()[-3000:] for p in (checkout / "record" / "queue").glob("*.log")}
+    assert codes == [0, 0, 0] and len(blocks) == 3, (blocks, logs)
     lines = record.read_record(checkout / "record" / "runs.jsonl")
     assert lines[0]["experiment"] == baseline
     assert sorted(line["experiment"] for line in lines[1:]) == sorted(ids)
