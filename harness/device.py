@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from harness import common
-from harness.common import HarnessError, atomic_path, banner
+from harness.common import HarnessError, banner
 
 # every checkpoint the supervisor validated, one a line
 TRAINED_DIGESTS = common.CACHE_DIR / "trained-weights.txt"
@@ -61,11 +61,16 @@ def weights_digest(path):
 
 def record_validated(paths):
     """Add the digests of the checkpoints at `paths` (those that exist) to TRAINED_DIGESTS."""
-    new = {d for d in (weights_digest(p) for p in paths if Path(p).is_file()) if d}
-    known = set(TRAINED_DIGESTS.read_text().split()) if TRAINED_DIGESTS.is_file() else set()
-    if new - known:
-        with atomic_path(TRAINED_DIGESTS) as tmp:
-            tmp.write_text("".join(f"{d}\n" for d in sorted(known | new)))
+    add_trained_digests({d for d in (weights_digest(p) for p in paths if Path(p).is_file()) if d})
+
+
+def add_trained_digests(new):
+    """Append the digests TRAINED_DIGESTS lacks, in one write: runs that end at once (the queue's, a second
+    agent's) each keep theirs."""
+    TRAINED_DIGESTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(TRAINED_DIGESTS, "a+") as f:
+        f.seek(0)
+        f.write("".join(f"{d}\n" for d in sorted(set(new) - set(f.read().split()))))
 
 
 def earlier_run(path, dataset=None):

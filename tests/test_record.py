@@ -132,6 +132,25 @@ def test_appends_from_several_supervisors_at_once_are_whole_lines_in_order(tmp_p
     assert [line["repeat"] for line in lines] == list(range(100))  # each saw every line before its own
 
 
+def add_digests(path, worker, n):
+    device.TRAINED_DIGESTS = path
+    for i in range(n):
+        device.add_trained_digests({f"{worker}-{i}"})
+
+
+def test_runs_that_end_at_once_each_keep_their_weights_digests(tmp_path, monkeypatch):
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=add_digests, args=(tmp_path / "trained.txt", w, 200)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(300)
+    monkeypatch.setattr(device, "TRAINED_DIGESTS", tmp_path / "trained.txt")
+    device.add_trained_digests({"0-0", "new"})  # one it has, one it lacks
+    assert sorted((tmp_path / "trained.txt").read_text().split()) == sorted(
+        [f"{w}-{i}" for w in range(4) for i in range(200)] + ["new"])
+
+
 def fake_run(fitness):
     return {"train_py": f"t{fitness}", "knobs": {}, "summary": {"fitness": f"{fitness:.6f}"}, "error": None}
 
