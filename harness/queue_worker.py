@@ -111,11 +111,9 @@ class Queue:
         job = self.jobs[id]
         try:
             job.result = await self.refs[id]
-        except Exception as e:  # the task never returned: cancelled, or its worker or node is gone
-            where = f" on {job.node}" if job.node else ""
-            why = ("cancelled (prepare.py cancel) before it ended" if job.cancelled else
-                   f"lost with its Ray worker{where} ({type(e).__name__})")
-            job.result = Result(id, 1, error=f"experiment {id} was {why}: submit it again to run it")
+        except Exception as e:  # the task never returned: cancelled, failed, or its worker or node is gone
+            error = f"experiment {id} {unfinished(job, e)}: submit it again to run it"
+            job.result = Result(id, 1, error=error)
         job.state = "finished"
         del self.refs[id]
         self._changed()
@@ -170,6 +168,16 @@ class Queue:
 
     async def count_changes(self):
         return self.changes
+
+
+def unfinished(job, error):
+    """How an experiment whose task raised `error` ended, for its `error:` line."""
+    where = f" on {job.node}" if job.node else ""
+    if job.cancelled:
+        return "was cancelled (prepare.py cancel) before it ended"
+    if isinstance(error, ray.exceptions.RayTaskError):  # the task's own code failed, e.g. a full disk
+        return f"failed in its Ray task{where} ({type(error.cause).__name__}: {error.cause})"
+    return f"was lost with its Ray worker{where} ({type(error).__name__})"
 
 
 # ---------------------------------------------------------------------------

@@ -43,13 +43,18 @@ def cluster():
 
 @pytest.fixture
 def checkout(tiny_data, tmp_path, monkeypatch):
-    """An agent's checkout, its baseline committed; train.py's runs read the tiny data for a few seconds. Its
-    slots on the node go with the test (a night's checkout keeps its own)."""
+    """An agent's checkout, its baseline committed; train.py's runs read the tiny data for a few seconds."""
     monkeypatch.setenv("YOLO_DATA", str(tiny_data / "data.yaml"))
     monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", BUDGET)
     repo = make_repo(tmp_path)
     commit_all(repo)
     yield repo
+    remove_slots(repo)
+
+
+def remove_slots(repo):
+    """Remove the slots that a test checkout's experiments took on the node (a night's checkout keeps its
+    own, but a suite's would pile up in /tmp)."""
     for slot in queue_worker.WORK_ROOT.glob(f"{queue.checkout_name(repo)}-*"):
         shutil.rmtree(slot, ignore_errors=True) if slot.is_dir() else slot.unlink()
 
@@ -304,11 +309,12 @@ def train_py_pids(folder):
 
 
 def test_a_worker_whose_dataset_differs_from_the_night_s_baseline_ends_with_an_error_line(
-        cluster, dataset, tmp_path, monkeypatch, capsys):
+        cluster, dataset, tmp_path, monkeypatch, capsys, request):
     monkeypatch.setenv("YOLO_DATA", str(dataset / "data.yaml"))
     monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", BUDGET)
     repo = make_repo(tmp_path)
     commit_all(repo)
+    request.addfinalizer(lambda: remove_slots(repo))
     queue.submit("HEAD", repo)
     assert queue.wait(repo) == 0  # the night's baseline, on the checkout's dataset
     for sub in ("images", "labels"):  # the node's copy now holds the val split in train/
@@ -343,3 +349,15 @@ def test_a_lost_node_ends_its_experiment_with_an_error_line_then_a_cluster_witho
     assert json.loads((checkout / "record" / "queue" / f"{id}.json").read_text())["code"] == 1
     git(checkout, "status")
 
+
+def test_a_task_that_fails_names_its_error_and_a_lost_one_its_worker():
+    job = queue_worker.Job("ab12cd", "c0ffee", 0.0, node="n1 (10.0.0.2)")
+    try:
+        raise OSError(28, "No space left on device")
+    except OSError as cause:
+        failed = ray.exceptions.RayTaskError("run_experiment", "", cause).as_instanceof_cause()
+    assert queue_worker.unfinished(job, failed) == (
+        "failed in its Ray task on n1 (10.0.0.2) (OSError: [Errno 28] No space left on device)")
+    lost = ray.exceptions.WorkerCrashedError()
+    assert queue_worker.unfinished(job, lost) == (
+        "was lost with its Ray worker on n1 (10.0.0.2) (WorkerCrashedError)")
