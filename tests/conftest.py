@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CACHE = Path(tempfile.mkdtemp(prefix="autoresearch-test-cache-"))
+# A test's spawned worker process imports this file again, in its session's environment: it keeps that cache.
+CACHE = Path(os.environ.get("AUTORESEARCH_CACHE", ""))
+if not CACHE.name.startswith("autoresearch-test-cache-"):
+    CACHE = Path(tempfile.mkdtemp(prefix="autoresearch-test-cache-"))
 os.environ["AUTORESEARCH_CACHE"] = str(CACHE)  # before prepare is imported anywhere
 os.environ.pop("YOLO_DATA", None)
 
