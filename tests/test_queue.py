@@ -56,7 +56,10 @@ def remove_slots(repo):
     """Remove the slots that a test checkout's experiments took on the node (a night's checkout keeps its
     own, but a suite's would pile up in /tmp)."""
     for slot in queue_worker.WORK_ROOT.glob(f"{queue.checkout_name(repo)}-*"):
-        shutil.rmtree(slot, ignore_errors=True) if slot.is_dir() else slot.unlink()
+        if slot.is_dir():
+            shutil.rmtree(slot, ignore_errors=True)
+        else:
+            slot.unlink()
 
 
 def commit_knob(repo, name, value):
